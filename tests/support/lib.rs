@@ -1,0 +1,1 @@
+//! Shared helpers for the system tests: connection settings of the local stack.
