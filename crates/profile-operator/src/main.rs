@@ -1,1 +1,168 @@
-fn main() {}
+//! `profile-operator`: `run` (default) starts the HTTP endpoints, waits to become the leader and
+//! runs the controller until SIGTERM; `crd` prints the CustomResourceDefinition.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use kube::Client;
+use kube::runtime::events::Reporter;
+use profile_operator::config::{Cli, Command, RunArgs};
+use profile_operator::http::{AppState, router};
+use profile_operator::lag::KafkaLagReader;
+use profile_operator::leader::Elector;
+use profile_operator::metrics::Metrics;
+use profile_operator::reconcile::{self, Context};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Crd) => {
+            let yaml = profile_operator::crd::crd_yaml()?;
+            print!("{yaml}");
+            Ok(())
+        }
+        Some(Command::Run(args)) => run(args).await,
+        None => run(cli.run).await,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .json()
+        .init();
+
+    // SIGTERM/SIGINT flip this; every long-running part watches it.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::default().register(&mut registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    let app = router(AppState {
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen_addr)
+        .await
+        .with_context(|| format!("binding {}", args.listen_addr))?;
+    tracing::info!(addr = %args.listen_addr, "serving /healthz, /readyz, /metrics");
+    let mut http_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+
+    let client = Client::try_default()
+        .await
+        .context("building the Kubernetes client")?;
+    reconcile::check_crd_installed(&client).await?;
+    ready.store(true, Ordering::Relaxed);
+
+    let holder = args
+        .pod_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "profile-operator".into());
+    let lease_namespace = args
+        .pod_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let elector = Arc::new(Elector::new(
+        client.clone(),
+        &lease_namespace,
+        &args.lease_name,
+        &holder,
+    ));
+
+    let mut wait_stop = stop_rx.clone();
+    tokio::select! {
+        () = elector.acquire() => {}
+        _ = wait_stop.wait_for(|stop| *stop) => {
+            server.await??;
+            return Ok(());
+        }
+    }
+
+    let ctx = Arc::new(Context::new(
+        client,
+        args.settings(),
+        Arc::new(KafkaLagReader::new(
+            args.kafka_brokers.clone(),
+            Duration::from_secs(10),
+        )),
+        Reporter {
+            controller: "profile-operator".into(),
+            instance: Some(holder),
+        },
+        metrics,
+    ));
+
+    // Stop the controller on SIGTERM or when leadership is lost.
+    let (lost_tx, mut lost_rx) = watch::channel(None::<String>);
+    let holder_task = {
+        let elector = elector.clone();
+        tokio::spawn(async move {
+            let e = elector.hold().await;
+            let _ = lost_tx.send(Some(e.to_string()));
+        })
+    };
+    let mut controller_stop = stop_rx.clone();
+    let mut lost_watch = lost_rx.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = controller_stop.wait_for(|stop| *stop) => {}
+            _ = lost_watch.wait_for(Option::is_some) => {}
+        }
+    };
+    reconcile::run(ctx, args.watch_namespace(), shutdown).await;
+    holder_task.abort();
+
+    let lost = lost_rx.borrow_and_update().clone();
+    if let Some(reason) = lost {
+        anyhow::bail!("lost leadership: {reason}");
+    }
+    if let Err(e) = elector.step_down().await {
+        tracing::warn!(error = %e, "releasing the lease failed");
+    }
+    server.await??;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,116 @@
+//! Command line and environment (names fixed by `docs/contracts.md`).
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::deployment::Settings;
+
+/// Default consumer image: the Statecast image of this operator's version.
+pub const DEFAULT_CONSUMER_IMAGE: &str =
+    concat!("ghcr.io/statecast/statecast:", env!("CARGO_PKG_VERSION"));
+
+/// Kubernetes operator for Statecast's `ProfileConsumer` resources.
+#[derive(Debug, Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do; `run` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Settings of `run`, accepted without the subcommand too.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator (the default).
+    Run(RunArgs),
+    /// Print the CustomResourceDefinition as YAML.
+    Crd,
+}
+
+/// Settings of the running operator.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Kafka bootstrap servers, passed to consumers and used to read lag.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// Default consumer image.
+    #[arg(long, env = "CONSUMER_IMAGE", default_value = DEFAULT_CONSUMER_IMAGE)]
+    pub consumer_image: String,
+
+    /// Secret (in each resource's namespace) with optional keys DATABASE_URL, REDIS_URL, SMTP_URL.
+    #[arg(long, env = "CONSUMER_SECRET", default_value = "statecast-consumer")]
+    pub consumer_secret: String,
+
+    /// OTLP endpoint forwarded to consumers.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+
+    /// OTLP protocol forwarded to consumers.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL")]
+    pub otel_exporter_otlp_protocol: Option<String>,
+
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// Namespace to watch; empty means all namespaces.
+    #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
+    pub watch_namespace: String,
+
+    /// Namespace of the leader Lease (the operator's own, from the downward API); defaults to the
+    /// client's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
+    /// Identity in the leader Lease (the pod name, from the downward API); defaults to the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// Name of the Lease used for leader election.
+    #[arg(long, env = "LEASE_NAME", default_value = "profile-operator-leader")]
+    pub lease_name: String,
+}
+
+impl RunArgs {
+    /// What the Deployment builder needs from the operator's settings.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            kafka_brokers: self.kafka_brokers.clone(),
+            consumer_image: self.consumer_image.clone(),
+            consumer_secret: self.consumer_secret.clone(),
+            otel_endpoint: non_empty(&self.otel_exporter_otlp_endpoint),
+            otel_protocol: non_empty(&self.otel_exporter_otlp_protocol),
+        }
+    }
+
+    /// The namespace to watch, `None` for all.
+    pub fn watch_namespace(&self) -> Option<&str> {
+        Some(self.watch_namespace.as_str()).filter(|ns| !ns.is_empty())
+    }
+}
+
+fn non_empty(v: &Option<String>) -> Option<String> {
+    v.clone().filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed_and_run_is_the_default() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::parse_from(["profile-operator", "--lease-name", "x"]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.lease_name, "x");
+        let cli = Cli::parse_from(["profile-operator", "crd"]);
+        assert!(matches!(cli.command, Some(Command::Crd)));
+    }
+}

@@ -1,0 +1,445 @@
+//! The `ProfileConsumer` custom resource (`profileconsumers.statecast.dev/v1alpha1`, short name `pc`).
+//!
+//! The OpenAPI schema is generated from these types: every field's doc comment becomes its
+//! `description` (what `kubectl explain` shows), `#[schemars(...)]` attributes add OpenAPI checks
+//! (`minItems`, `pattern`, `minimum`) and `#[schemars(transform = ...)]` adds CEL rules
+//! (`x-kubernetes-validations`). [`ProfileConsumerSpec::validate`] repeats every rule in Rust, so
+//! the reconciler refuses a resource the API server would have refused (e.g. one created before
+//! the CRD was updated) with `Degraded`/`InvalidSpec` instead of acting on it.
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt, ResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{Error, Result};
+
+/// Pattern of a valid Kafka topic name (the broker also refuses `.` and `..`).
+pub const TOPIC_PATTERN: &str = r"^[a-zA-Z0-9._-]{1,249}$";
+
+/// Full name of the CRD, as checked at start-up.
+pub const CRD_NAME: &str = "profileconsumers.statecast.dev";
+
+/// Desired state of a group of profile consumers: which handler runs, on which topics, in which
+/// consumer group, and how many replicas (fixed, or from the group's lag).
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "statecast.dev",
+    version = "v1alpha1",
+    kind = "ProfileConsumer",
+    plural = "profileconsumers",
+    shortname = "pc",
+    namespaced,
+    status = "ProfileConsumerStatus",
+    doc = "A ProfileConsumer runs a Deployment of `profile-consumer` pods with one handler on a set of \
+           Kafka topics in one consumer group, scaled to a fixed count or on the group's lag.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas"
+    ),
+    printcolumn(name = "Handler", type_ = "string", json_path = ".spec.handler"),
+    printcolumn(name = "Group", type_ = "string", json_path = ".status.groupId"),
+    printcolumn(name = "Topics", type_ = "string", json_path = ".spec.topics"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[schemars(transform = spec_rules)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfileConsumerSpec {
+    /// Handler the consumers run: `audit` (append to the audit log), `analytics` (update
+    /// aggregates), `email` (send notification emails) or `cache-refresh` (refresh the Redis cache).
+    pub handler: Handler,
+
+    /// Kafka consumer group. Defaults to `<namespace>.<name>`. Two ProfileConsumers in one
+    /// namespace with the same group but different topics conflict: the later one gets no pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub group_id: Option<String>,
+
+    /// Kafka topics to consume (at least one), e.g. `user-events`.
+    #[schemars(length(min = 1), inner(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")))]
+    pub topics: Vec<String>,
+
+    /// Fixed number of consumer pods when `autoscaling` is not set (default 1). Changed by
+    /// `kubectl scale`. Must not be set together with `autoscaling`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
+
+    /// Scale the consumers on the consumer group's lag instead of a fixed `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+
+    /// Container image of the consumers. Defaults to the operator's `CONSUMER_IMAGE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+
+    /// Extra environment variables of the consumer container, appended after the ones the
+    /// operator sets (a later entry wins), e.g. `MAX_RETRIES`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+
+    /// CPU and memory requests and limits of the consumer container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Dead-letter topic. Defaults (in the consumer) to `<first topic>.dlq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub dlq_topic: Option<String>,
+
+    /// Stop all consumer pods (replicas 0) without deleting the resource; offsets are kept.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// Which processing the consumer pods run (`CONSUMER_HANDLER`).
+// No doc comments on the variants: they would turn the schema into a `oneOf`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Handler {
+    Audit,
+    Analytics,
+    Email,
+    CacheRefresh,
+}
+
+impl Handler {
+    /// The name used in the CRD, in `CONSUMER_HANDLER` and in labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handler::Audit => "audit",
+            Handler::Analytics => "analytics",
+            Handler::Email => "email",
+            Handler::CacheRefresh => "cache-refresh",
+        }
+    }
+}
+
+impl std::fmt::Display for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lag-based scaling: desired replicas = ceil(lag / lagThreshold), clamped to
+/// [minReplicas, min(maxReplicas, partitions)].
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[schemars(transform = autoscaling_rules)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    /// Fewest consumer pods, even with no lag (0 allowed: no pods while the group is idle).
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: i32,
+
+    /// Most consumer pods. The operator never runs more pods than the topics have partitions.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+
+    /// Lag (records not yet consumed) one replica is expected to handle.
+    #[schemars(range(min = 1))]
+    pub lag_threshold: i64,
+
+    /// Seconds since the last scale change before the operator scales down (scale-up is
+    /// immediate). Default 300.
+    #[serde(default = "default_scale_down_delay_seconds")]
+    #[schemars(range(min = 0))]
+    pub scale_down_delay_seconds: i64,
+}
+
+/// CEL rules of the spec, enforced by the API server (`x-kubernetes-validations`).
+fn spec_rules(schema: &mut schemars::Schema) {
+    schema.insert(
+        "x-kubernetes-validations".into(),
+        json!([{
+            "rule": "!(has(self.replicas) && has(self.autoscaling))",
+            "message": "set either replicas or autoscaling, not both",
+        }]),
+    );
+}
+
+/// CEL rules of `autoscaling`, enforced by the API server (`x-kubernetes-validations`).
+fn autoscaling_rules(schema: &mut schemars::Schema) {
+    schema.insert(
+        "x-kubernetes-validations".into(),
+        json!([{
+            "rule": "self.minReplicas <= self.maxReplicas",
+            "message": "minReplicas must not be greater than maxReplicas",
+        }]),
+    );
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_scale_down_delay_seconds() -> i64 {
+    300
+}
+
+/// Observed state, written by the operator.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfileConsumerStatus {
+    /// `metadata.generation` of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Effective consumer group (`spec.groupId` or `<namespace>.<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+
+    /// Consumer pods that exist (the Deployment's `status.replicas`).
+    #[serde(default)]
+    pub replicas: i32,
+
+    /// Consumer pods that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+
+    /// Replicas the operator asked for (0 when paused).
+    #[serde(default)]
+    pub desired_replicas: i32,
+
+    /// Records in the topics not yet committed by the group, when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+
+    /// Partitions of all topics together, when they could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+
+    /// When `desiredReplicas` last changed; scale-down waits `scaleDownDelaySeconds` after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+
+    /// `Ready`, `Progressing` and `Degraded`, each with a reason and a message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Is `name` a topic name Kafka accepts?
+pub fn is_valid_topic(name: &str) -> bool {
+    (1..=249).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+impl ProfileConsumerSpec {
+    /// Checks every rule of the CRD schema (OpenAPI and CEL) in Rust. The reconciler uses it so a
+    /// resource the API server would refuse is reported (`Degraded`/`InvalidSpec`), not acted on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.topics.is_empty() {
+            return Err("topics must list at least one topic".into());
+        }
+        for topic in self.topics.iter().chain(&self.dlq_topic) {
+            if !is_valid_topic(topic) {
+                return Err(format!(
+                    "{topic:?} is not a valid Kafka topic name ({TOPIC_PATTERN})"
+                ));
+            }
+        }
+        if self.group_id.as_deref() == Some("") {
+            return Err("groupId must not be empty".into());
+        }
+        if self.image.as_deref() == Some("") {
+            return Err("image must not be empty".into());
+        }
+        if let Some(r) = self.replicas
+            && r < 0
+        {
+            return Err("replicas must be >= 0".into());
+        }
+        if let Some(a) = &self.autoscaling {
+            if self.replicas.is_some() {
+                return Err("set either replicas or autoscaling, not both".into());
+            }
+            if a.min_replicas < 0 {
+                return Err("autoscaling.minReplicas must be >= 0".into());
+            }
+            if a.max_replicas < 1 {
+                return Err("autoscaling.maxReplicas must be >= 1".into());
+            }
+            if a.min_replicas > a.max_replicas {
+                return Err("minReplicas must not be greater than maxReplicas".into());
+            }
+            if a.lag_threshold < 1 {
+                return Err("autoscaling.lagThreshold must be >= 1".into());
+            }
+            if a.scale_down_delay_seconds < 0 {
+                return Err("autoscaling.scaleDownDelaySeconds must be >= 0".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ProfileConsumer {
+    /// Namespace of the resource (always set for a namespaced resource read from the API).
+    pub fn namespace_or_err(&self) -> Result<String> {
+        self.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))
+    }
+
+    /// The consumer group: `spec.groupId`, or `<namespace>.<name>`.
+    pub fn effective_group_id(&self) -> Result<String> {
+        match &self.spec.group_id {
+            Some(g) => Ok(g.clone()),
+            None => Ok(format!("{}.{}", self.namespace_or_err()?, self.name_any())),
+        }
+    }
+
+    /// Name of the Deployment the operator manages for this resource.
+    pub fn deployment_name(&self) -> String {
+        format!("profile-consumer-{}", self.name_any())
+    }
+}
+
+/// The CRD as YAML, exactly as checked in at `manifests/crd/profileconsumers.statecast.dev.yaml`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&ProfileConsumer::crd())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const CRD_FILE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../manifests/crd/profileconsumers.statecast.dev.yaml"
+    );
+
+    #[test]
+    fn checked_in_crd_matches_the_rust_types() {
+        let generated = crd_yaml().unwrap();
+        let on_disk = std::fs::read_to_string(CRD_FILE).unwrap_or_default();
+        assert!(
+            generated == on_disk,
+            "{CRD_FILE} is out of date; regenerate it with\n  \
+             cargo run -p profile-operator -- crd > manifests/crd/profileconsumers.statecast.dev.yaml"
+        );
+    }
+
+    fn walk_descriptions(path: &str, schema: &serde_json::Value, missing: &mut Vec<String>) {
+        if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+            for (name, sub) in props {
+                let p = format!("{path}.{name}");
+                if sub.get("description").is_none() {
+                    missing.push(p.clone());
+                }
+                walk_descriptions(&p, sub, missing);
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            walk_descriptions(&format!("{path}[]"), items, missing);
+        }
+    }
+
+    #[test]
+    fn every_spec_and_status_field_has_a_description() {
+        let crd = serde_json::to_value(ProfileConsumer::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut missing = vec![];
+        for part in ["spec", "status"] {
+            walk_descriptions(part, &schema["properties"][part], &mut missing);
+        }
+        assert!(missing.is_empty(), "fields without description: {missing:?}");
+    }
+
+    #[test]
+    fn crd_has_status_and_scale_subresources_and_cel_rules() {
+        let crd = serde_json::to_value(ProfileConsumer::crd()).unwrap();
+        let v = &crd["spec"]["versions"][0];
+        assert_eq!(v["subresources"]["scale"]["specReplicasPath"], ".spec.replicas");
+        assert_eq!(v["subresources"]["scale"]["statusReplicasPath"], ".status.replicas");
+        assert!(v["subresources"]["status"].is_object());
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "pc");
+        let text = serde_json::to_string(&crd).unwrap();
+        assert!(text.contains("self.minReplicas <= self.maxReplicas"));
+        assert!(text.contains("!(has(self.replicas) && has(self.autoscaling))"));
+        let columns: Vec<_> = v["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            columns,
+            ["Handler", "Group", "Topics", "Desired", "Ready", "Lag", "Age"]
+        );
+    }
+
+    fn examples(dir: &str) -> Vec<(String, String)> {
+        let dir = format!("{}/../../manifests/examples/{dir}", env!("CARGO_MANIFEST_DIR"));
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .map(|p| (p.display().to_string(), std::fs::read_to_string(&p).unwrap()))
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn schema_validator() -> jsonschema::Validator {
+        let crd = serde_json::to_value(ProfileConsumer::crd()).unwrap();
+        jsonschema::validator_for(&crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]).unwrap()
+    }
+
+    /// The Rust check of a manifest: it deserializes and its spec passes [`ProfileConsumerSpec::validate`].
+    fn rust_check(text: &str) -> Result<(), String> {
+        let pc: ProfileConsumer = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        pc.spec.validate()
+    }
+
+    #[test]
+    fn valid_examples_are_accepted_by_the_schema_and_the_operator() {
+        let validator = schema_validator();
+        let files = examples("");
+        assert!(files.len() >= 3);
+        for (path, text) in files {
+            let value: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+            let errors: Vec<_> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{path} refused by the schema: {errors:?}");
+            assert_eq!(rust_check(&text), Ok(()), "{path} refused by spec.validate()");
+        }
+    }
+
+    /// Files marked `cel-only:` break a CEL rule, which JSON Schema cannot evaluate: the schema
+    /// accepts them and the same rule, written in Rust in `spec.validate()`, must refuse them.
+    #[test]
+    fn invalid_examples_are_refused() {
+        let validator = schema_validator();
+        let files = examples("invalid");
+        assert!(files.len() >= 5);
+        for (path, text) in files {
+            assert!(text.starts_with("# Invalid: "), "{path} must say why it is invalid");
+            let value: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+            if text.contains("\n# cel-only:") {
+                assert!(validator.is_valid(&value), "{path}: expected only CEL to refuse it");
+            } else {
+                assert!(!validator.is_valid(&value), "{path} accepted by the schema");
+            }
+            assert!(rust_check(&text).is_err(), "{path} accepted by spec.validate()");
+        }
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(is_valid_topic("user-events"));
+        assert!(is_valid_topic("user_events.dlq"));
+        assert!(!is_valid_topic(""));
+        assert!(!is_valid_topic(".."));
+        assert!(!is_valid_topic("user events"));
+        assert!(!is_valid_topic(&"a".repeat(250)));
+    }
+}

@@ -1,0 +1,536 @@
+//! The controller: watches `ProfileConsumer`s and the Deployments they own, and for each resource
+//! 1. refuses an invalid spec (`Degraded`/`InvalidSpec`, no Deployment change);
+//! 2. refuses a consumer group already used by an earlier resource of the namespace on other
+//!    topics (`Degraded`/`GroupConflict`, its Deployment removed);
+//! 3. decides the replicas (fixed, or from the group's lag with [`crate::scaling`]);
+//! 4. applies the Deployment with server-side apply under [`FIELD_MANAGER`] with force, so a hand
+//!    edit of a field the operator manages is put back;
+//! 5. writes the status (replicas, lag, conditions) and records Events on scale changes and
+//!    failures.
+//!
+//! Every resource is requeued after [`RESYNC`] (lag changes without any watch event); failures are
+//! requeued with a per-resource exponential backoff.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::{CRD_NAME, ProfileConsumer, ProfileConsumerStatus};
+use crate::deployment::{self, MANAGED_BY, Settings};
+use crate::lag::{GroupLag, LagReader};
+use crate::metrics::Metrics;
+use crate::scaling::{ScaleInput, desired_replicas};
+use crate::{Error, Result};
+
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "profile-operator";
+/// Requeue interval of a healthy resource; refreshes the lag.
+pub const RESYNC: Duration = Duration::from_secs(30);
+/// First retry delay after a failure; doubles up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest retry delay after repeated failures.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// What every reconcile needs.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Operator settings passed into the Deployments.
+    pub settings: Settings,
+    /// Source of the groups' lag.
+    pub lag_reader: Arc<dyn LagReader>,
+    /// Publishes Kubernetes Events on the resources.
+    pub recorder: Recorder,
+    /// Reconcile metrics.
+    pub metrics: Metrics,
+    /// The clock (fixed in tests).
+    pub now: fn() -> Timestamp,
+    /// Consecutive failures per resource, for the backoff.
+    failures: Mutex<HashMap<ObjectRef<ProfileConsumer>, u32>>,
+}
+
+impl Context {
+    /// A context publishing Events as `reporter`.
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        lag_reader: Arc<dyn LagReader>,
+        reporter: Reporter,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            lag_reader,
+            metrics,
+            now: Timestamp::now,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn record_outcome(&self, pc: &ProfileConsumer, failed: bool) -> u32 {
+        let key = ObjectRef::from_obj(pc);
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failed {
+            let n = failures.entry(key).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        } else {
+            failures.remove(&key);
+            0
+        }
+    }
+
+    async fn publish(&self, pc: &ProfileConsumer, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &pc.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "publishing event failed");
+        }
+    }
+}
+
+/// Delay before retrying after the `n`th consecutive failure: 5 s, 10 s, 20 s, … up to 5 min.
+pub fn backoff(n: u32) -> Duration {
+    let factor = 2u32.saturating_pow(n.saturating_sub(1).min(16));
+    MIN_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+/// Reconciles one resource; on failure also records a Warning Event on it.
+pub async fn reconcile(pc: Arc<ProfileConsumer>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.count_and_measure();
+    let result = reconcile_inner(&pc, &ctx).await;
+    match &result {
+        Ok(_) => {
+            ctx.record_outcome(&pc, false);
+        }
+        Err(e) => {
+            ctx.publish(&pc, EventType::Warning, "ReconcileFailed", e.to_string())
+                .await;
+        }
+    }
+    result
+}
+
+/// Logs and counts a failure, and requeues the resource with backoff.
+pub fn error_policy(pc: Arc<ProfileConsumer>, error: &Error, ctx: Arc<Context>) -> Action {
+    let n = ctx.record_outcome(&pc, true);
+    let delay = backoff(n);
+    tracing::warn!(
+        name = %pc.name_any(), namespace = ?pc.namespace(), %error, attempt = n, ?delay,
+        "reconcile failed"
+    );
+    ctx.metrics.reconcile_failure(error);
+    Action::requeue(delay)
+}
+
+/// Condition types the operator sets.
+const READY: &str = "Ready";
+const PROGRESSING: &str = "Progressing";
+const DEGRADED: &str = "Degraded";
+
+/// A condition whose `lastTransitionTime` only moves when its status changes.
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+fn degraded_reason(status: Option<&ProfileConsumerStatus>) -> Option<&str> {
+    status?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == DEGRADED && c.status == "True")
+        .map(|c| c.reason.as_str())
+}
+
+fn topic_set(pc: &ProfileConsumer) -> BTreeSet<&str> {
+    pc.spec.topics.iter().map(String::as_str).collect()
+}
+
+/// The resource `pc` loses its consumer group to, if any: among valid, not-deleted resources of
+/// the namespace with the same effective group, oldest first (creationTimestamp, then name), each
+/// is accepted unless an accepted one reads other topics.
+pub fn group_conflict<'a>(
+    pc: &'a ProfileConsumer,
+    namespace_items: &'a [ProfileConsumer],
+) -> Result<Option<&'a ProfileConsumer>> {
+    let group = pc.effective_group_id()?;
+    let mut same_group = vec![pc];
+    for other in namespace_items {
+        if other.name_any() == pc.name_any()
+            || other.meta().deletion_timestamp.is_some()
+            || other.spec.validate().is_err()
+            || other.effective_group_id()? != group
+        {
+            continue;
+        }
+        same_group.push(other);
+    }
+    same_group.sort_by_key(|p| (p.meta().creation_timestamp.clone().map(|t| t.0), p.name_any()));
+    let mut accepted: Vec<&ProfileConsumer> = vec![];
+    for candidate in same_group {
+        let rival = accepted
+            .iter()
+            .copied()
+            .find(|a| topic_set(a) != topic_set(candidate));
+        if candidate.name_any() == pc.name_any() {
+            return Ok(rival);
+        }
+        if rival.is_none() {
+            accepted.push(candidate);
+        }
+    }
+    Ok(None)
+}
+
+async fn read_lag(ctx: &Context, group: &str, topics: &[String]) -> Result<GroupLag> {
+    let reader = ctx.lag_reader.clone();
+    let group = group.to_owned();
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || reader.read_lag(&group, &topics))
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}
+
+async fn patch_status(
+    api: &Api<ProfileConsumer>,
+    name: &str,
+    status: &ProfileConsumerStatus,
+) -> Result<()> {
+    let patch = json!({
+        "apiVersion": "statecast.dev/v1alpha1",
+        "kind": "ProfileConsumer",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks the resource `Degraded` for `reason` (keeping its replica counts) and records a Warning
+/// Event when it was not already degraded for that reason.
+async fn refuse(
+    pc: &ProfileConsumer,
+    ctx: &Context,
+    api: &Api<ProfileConsumer>,
+    group: String,
+    reason: &str,
+    message: String,
+) -> Result<Action> {
+    let previous = pc.status.clone().unwrap_or_default();
+    let now = (ctx.now)();
+    let generation = pc.meta().generation;
+    let conditions = vec![
+        condition(
+            &previous.conditions,
+            READY,
+            false,
+            reason,
+            message.clone(),
+            generation,
+            now,
+        ),
+        condition(
+            &previous.conditions,
+            PROGRESSING,
+            false,
+            reason,
+            message.clone(),
+            generation,
+            now,
+        ),
+        condition(
+            &previous.conditions,
+            DEGRADED,
+            true,
+            reason,
+            message.clone(),
+            generation,
+            now,
+        ),
+    ];
+    let status = ProfileConsumerStatus {
+        observed_generation: generation,
+        group_id: Some(group),
+        conditions,
+        ..previous
+    };
+    if degraded_reason(pc.status.as_ref()) != Some(reason) {
+        ctx.publish(pc, EventType::Warning, reason, message).await;
+    }
+    patch_status(api, &pc.name_any(), &status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn reconcile_inner(pc: &ProfileConsumer, ctx: &Context) -> Result<Action> {
+    let namespace = pc.namespace_or_err()?;
+    let name = pc.name_any();
+    let consumers: Api<ProfileConsumer> = Api::namespaced(ctx.client.clone(), &namespace);
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let group = pc.effective_group_id()?;
+    let previous = pc.status.clone();
+    let now = (ctx.now)();
+    let generation = pc.meta().generation;
+
+    if let Err(message) = pc.spec.validate() {
+        return refuse(pc, ctx, &consumers, group, "InvalidSpec", message).await;
+    }
+
+    let siblings = consumers.list(&ListParams::default()).await?;
+    if let Some(winner) = group_conflict(pc, &siblings.items)? {
+        // The group is taken: make sure this resource runs no consumers in it.
+        match deployments
+            .delete(&pc.deployment_name(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let message = format!(
+            "consumer group {group:?} is already used by ProfileConsumer {:?} on topics {:?}",
+            winner.name_any(),
+            winner.spec.topics
+        );
+        return refuse(pc, ctx, &consumers, group, "GroupConflict", message).await;
+    }
+
+    // Lag: needed to scale, and shown in the status in every mode.
+    let lag = read_lag(ctx, &group, &pc.spec.topics).await;
+    let previous_desired = previous.as_ref().map(|s| s.desired_replicas);
+    let last_scale = previous
+        .as_ref()
+        .and_then(|s| s.last_scale_time.as_ref())
+        .map(|t| t.0);
+    let mut lag_error = None;
+    let wanted = match (&pc.spec.autoscaling, &lag) {
+        (None, _) => pc.spec.replicas.unwrap_or(1),
+        (Some(policy), Ok(l)) => desired_replicas(&ScaleInput {
+            policy,
+            lag: l.lag,
+            partitions: l.partitions,
+            // Resuming from pause scales to the target at once.
+            current: previous_desired.filter(|_| !pc.spec.paused),
+            last_scale,
+            now,
+        }),
+        (Some(policy), Err(e)) => {
+            // Without lag, hold the last decision rather than guessing.
+            lag_error = Some(e.to_string());
+            previous_desired
+                .filter(|d| *d > 0)
+                .unwrap_or(policy.min_replicas)
+        }
+    };
+    if let (None, Err(e)) = (&pc.spec.autoscaling, &lag) {
+        tracing::debug!(%name, error = %e, "lag unavailable (fixed replicas, not needed)");
+    }
+    let desired = if pc.spec.paused { 0 } else { wanted };
+
+    let deployment = deployment::build(pc, &ctx.settings, &group, desired)?;
+    let applied = deployments
+        .patch(
+            &deployment.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&deployment),
+        )
+        .await?;
+
+    let (lag_value, partitions) = match &lag {
+        Ok(l) => (
+            i64::try_from(l.lag).ok(),
+            i32::try_from(l.partitions).ok(),
+        ),
+        Err(_) => (None, None),
+    };
+    let last_scale_time = match previous_desired {
+        Some(before) if before != desired => {
+            let note = match lag_value {
+                Some(l) => format!("scaled from {before} to {desired} replicas (lag {l})"),
+                None => format!("scaled from {before} to {desired} replicas"),
+            };
+            ctx.publish(pc, EventType::Normal, "Scaled", note).await;
+            Some(Time(now))
+        }
+        Some(_) => previous
+            .as_ref()
+            .and_then(|s| s.last_scale_time.clone())
+            .or(Some(Time(now))),
+        None => Some(Time(now)),
+    };
+    if let Some(message) = &lag_error
+        && degraded_reason(previous.as_ref()) != Some("LagUnavailable")
+    {
+        ctx.publish(pc, EventType::Warning, "LagUnavailable", message.clone())
+            .await;
+    }
+
+    let deployment_status = applied.status.unwrap_or_default();
+    let replicas = deployment_status.replicas.unwrap_or(0);
+    let ready = deployment_status.ready_replicas.unwrap_or(0);
+    let updated = deployment_status.updated_replicas.unwrap_or(0);
+    let old_conditions = previous
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let settled = ready >= desired && replicas == desired && updated >= desired;
+    let ready_condition = if pc.spec.paused {
+        (true, "Paused", "paused: no consumer pods run".to_owned())
+    } else if ready >= desired {
+        (true, "ReplicasReady", format!("{ready}/{desired} replicas ready"))
+    } else {
+        (false, "ReplicasNotReady", format!("{ready}/{desired} replicas ready"))
+    };
+    let conditions = vec![
+        condition(
+            &old_conditions,
+            READY,
+            ready_condition.0,
+            ready_condition.1,
+            ready_condition.2,
+            generation,
+            now,
+        ),
+        if settled {
+            condition(
+                &old_conditions,
+                PROGRESSING,
+                false,
+                "Stable",
+                format!("{desired} replicas up to date"),
+                generation,
+                now,
+            )
+        } else {
+            condition(
+                &old_conditions,
+                PROGRESSING,
+                true,
+                "RollingOut",
+                format!("{replicas} replicas, {updated} up to date, {ready} ready, {desired} desired"),
+                generation,
+                now,
+            )
+        },
+        match &lag_error {
+            Some(message) => condition(
+                &old_conditions,
+                DEGRADED,
+                true,
+                "LagUnavailable",
+                format!("holding {desired} replicas: {message}"),
+                generation,
+                now,
+            ),
+            None => condition(
+                &old_conditions,
+                DEGRADED,
+                false,
+                "AsExpected",
+                "consumers are managed as specified".into(),
+                generation,
+                now,
+            ),
+        },
+    ];
+    let status = ProfileConsumerStatus {
+        observed_generation: generation,
+        group_id: Some(group),
+        replicas,
+        ready_replicas: ready,
+        desired_replicas: desired,
+        lag: lag_value,
+        partitions,
+        last_scale_time,
+        conditions,
+    };
+    patch_status(&consumers, &name, &status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Fails with [`Error::CrdNotInstalled`] when the CRD is missing from the cluster.
+pub async fn check_crd_installed(client: &Client) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match crds.get_opt(CRD_NAME).await? {
+        Some(_) => Ok(()),
+        None => Err(Error::CrdNotInstalled),
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    watch_namespace: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (consumers, deployments): (Api<ProfileConsumer>, Api<Deployment>) = match watch_namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let owned = watcher::Config::default()
+        .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    Controller::new(consumers, watcher::Config::default().any_semantic())
+        .owns(deployments, owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

@@ -1,0 +1,647 @@
+//! Reconcile tests against kube-rs's mocked API server (`tower_test::mock::pair`): a [`Scenario`]
+//! says which requests the reconciler must make, in order; the verifier checks each request's
+//! method, URI and headers, answers it, and hands the bodies back for the test to inspect.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::runtime::events::Reporter;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::crd::{Autoscaling, ProfileConsumer, ProfileConsumerSpec, ProfileConsumerStatus};
+use crate::deployment::tests::{resource, settings, spec};
+use crate::lag::{GroupLag, LagReader};
+
+type ApiServerHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+const NOW_SECONDS: i64 = 1_800_000_000;
+
+fn now() -> Timestamp {
+    Timestamp::from_second(NOW_SECONDS).unwrap()
+}
+
+fn seconds_ago(s: i64) -> Time {
+    Time(Timestamp::from_second(NOW_SECONDS - s).unwrap())
+}
+
+/// A lag reader returning a fixed answer.
+struct StubLag(Result<GroupLag, String>);
+
+impl LagReader for StubLag {
+    fn read_lag(&self, _group_id: &str, _topics: &[String]) -> crate::Result<GroupLag> {
+        self.0.clone().map_err(Error::Kafka)
+    }
+}
+
+fn lag(lag: u64, partitions: u32) -> StubLag {
+    StubLag(Ok(GroupLag { lag, partitions }))
+}
+
+/// The requests one reconcile must make, in order.
+enum Scenario {
+    /// List the namespace's resources (answered with `siblings`), apply the Deployment (answered
+    /// with `ready` ready replicas), publish the Events named in `events`, patch the status.
+    Apply {
+        siblings: Vec<ProfileConsumer>,
+        ready: i32,
+        events: Vec<&'static str>,
+    },
+    /// List (answered with `siblings`), delete the Deployment (404: it never existed), publish a
+    /// `GroupConflict` Event, patch the status.
+    GroupConflict { siblings: Vec<ProfileConsumer> },
+    /// Publish an `InvalidSpec` Event and patch the status; nothing else.
+    InvalidSpec,
+    /// List, then the Deployment apply fails with a 500, then a `ReconcileFailed` Event.
+    ApplyFails,
+}
+
+/// What the reconciler sent.
+#[derive(Default, Debug)]
+struct Sent {
+    deployment: Option<Deployment>,
+    status: Option<ProfileConsumerStatus>,
+    events: Vec<Value>,
+}
+
+struct ApiServerVerifier(ApiServerHandle);
+
+impl ApiServerVerifier {
+    fn run(self, pc: ProfileConsumer, scenario: Scenario) -> tokio::task::JoinHandle<Sent> {
+        tokio::spawn(async move {
+            let mut v = self;
+            let mut sent = Sent::default();
+            match scenario {
+                Scenario::Apply {
+                    siblings,
+                    ready,
+                    events,
+                } => {
+                    v.list(siblings).await;
+                    sent.deployment = Some(v.apply_deployment(&pc, Some(ready)).await);
+                    for reason in events {
+                        sent.events.push(v.event(reason).await);
+                    }
+                    sent.status = Some(v.status(&pc).await);
+                }
+                Scenario::GroupConflict { siblings } => {
+                    v.list(siblings).await;
+                    v.delete_missing_deployment(&pc).await;
+                    sent.events.push(v.event("GroupConflict").await);
+                    sent.status = Some(v.status(&pc).await);
+                }
+                Scenario::InvalidSpec => {
+                    sent.events.push(v.event("InvalidSpec").await);
+                    sent.status = Some(v.status(&pc).await);
+                }
+                Scenario::ApplyFails => {
+                    v.list(vec![]).await;
+                    v.apply_deployment(&pc, None).await;
+                    sent.events.push(v.event("ReconcileFailed").await);
+                }
+            }
+            sent
+        })
+    }
+
+    async fn next(&mut self) -> (Request<Body>, tower_test::mock::SendResponse<Response<Body>>) {
+        tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
+            .await
+            .expect("timed out waiting for a request")
+            .expect("service not called")
+    }
+
+    async fn list(&mut self, items: Vec<ProfileConsumer>) {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(
+            request.uri().path(),
+            "/apis/statecast.dev/v1alpha1/namespaces/default/profileconsumers"
+        );
+        let list = json!({
+            "apiVersion": "statecast.dev/v1alpha1",
+            "kind": "ProfileConsumerList",
+            "metadata": {"resourceVersion": "1"},
+            "items": items,
+        });
+        send.send_response(json_response(StatusCode::OK, &list));
+    }
+
+    fn assert_apply(request: &Request<Body>) {
+        assert_eq!(request.method(), Method::PATCH);
+        assert_eq!(
+            request.headers()["content-type"],
+            "application/apply-patch+yaml"
+        );
+        let query = request.uri().query().unwrap_or_default();
+        assert!(query.contains("fieldManager=profile-operator"), "{query}");
+        assert!(query.contains("force=true"), "{query}");
+    }
+
+    /// Answers with the applied Deployment plus `ready` ready replicas, or a 500 when `None`.
+    async fn apply_deployment(&mut self, pc: &ProfileConsumer, ready: Option<i32>) -> Deployment {
+        let (request, send) = self.next().await;
+        Self::assert_apply(&request);
+        assert_eq!(
+            request.uri().path(),
+            format!(
+                "/apis/apps/v1/namespaces/default/deployments/profile-consumer-{}",
+                pc.name_any()
+            )
+        );
+        let body = request.into_body().collect_bytes().await.unwrap();
+        let mut deployment: Deployment = serde_json::from_slice(&body).unwrap();
+        match ready {
+            Some(ready) => {
+                let mut answer = deployment.clone();
+                answer.status = Some(DeploymentStatus {
+                    replicas: Some(ready),
+                    ready_replicas: Some(ready),
+                    updated_replicas: Some(ready),
+                    ..DeploymentStatus::default()
+                });
+                send.send_response(json_response(StatusCode::OK, &answer));
+            }
+            None => send.send_response(json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &status_body(500, "InternalError", "etcd is down"),
+            )),
+        }
+        deployment.status = None;
+        deployment
+    }
+
+    async fn delete_missing_deployment(&mut self, pc: &ProfileConsumer) {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::DELETE);
+        assert_eq!(
+            request.uri().path(),
+            format!(
+                "/apis/apps/v1/namespaces/default/deployments/profile-consumer-{}",
+                pc.name_any()
+            )
+        );
+        send.send_response(json_response(
+            StatusCode::NOT_FOUND,
+            &status_body(404, "NotFound", "deployments.apps not found"),
+        ));
+    }
+
+    async fn event(&mut self, reason: &str) -> Value {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(
+            request.uri().path(),
+            "/apis/events.k8s.io/v1/namespaces/default/events"
+        );
+        let body = request.into_body().collect_bytes().await.unwrap();
+        let event: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(event["reason"], reason, "{event}");
+        assert_eq!(event["regarding"]["kind"], "ProfileConsumer");
+        send.send_response(json_response(StatusCode::CREATED, &event));
+        event
+    }
+
+    async fn status(&mut self, pc: &ProfileConsumer) -> ProfileConsumerStatus {
+        let (request, send) = self.next().await;
+        Self::assert_apply(&request);
+        assert_eq!(
+            request.uri().path(),
+            format!(
+                "/apis/statecast.dev/v1alpha1/namespaces/default/profileconsumers/{}/status",
+                pc.name_any()
+            )
+        );
+        let body = request.into_body().collect_bytes().await.unwrap();
+        let patch: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(patch["apiVersion"], "statecast.dev/v1alpha1");
+        assert_eq!(patch["kind"], "ProfileConsumer");
+        let status: ProfileConsumerStatus =
+            serde_json::from_value(patch["status"].clone()).unwrap();
+        let mut answer = pc.clone();
+        answer.status = Some(status.clone());
+        send.send_response(json_response(StatusCode::OK, &answer));
+        status
+    }
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code,
+    })
+}
+
+fn context(reader: StubLag) -> (Arc<Context>, ApiServerVerifier) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let mut ctx = Context::new(
+        client,
+        settings(),
+        Arc::new(reader),
+        Reporter {
+            controller: "profile-operator".into(),
+            instance: Some("test".into()),
+        },
+        Metrics::default(),
+    );
+    ctx.now = now;
+    (Arc::new(ctx), ApiServerVerifier(handle))
+}
+
+async fn reconcile_with(
+    pc: ProfileConsumer,
+    reader: StubLag,
+    scenario: Scenario,
+) -> (Result<Action>, Sent, Arc<Context>) {
+    let (ctx, verifier) = context(reader);
+    let server = verifier.run(pc.clone(), scenario);
+    let result = reconcile(Arc::new(pc), ctx.clone()).await;
+    let sent = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("scenario not completed")
+        .unwrap();
+    (result, sent, ctx)
+}
+
+fn env_of(d: &Deployment, name: &str) -> Option<String> {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+fn replicas_of(d: &Deployment) -> Option<i32> {
+    d.spec.as_ref().unwrap().replicas
+}
+
+fn condition_of<'a>(s: &'a ProfileConsumerStatus, type_: &str) -> &'a Condition {
+    s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+}
+
+fn autoscaling_spec(min: i32, max: i32, threshold: i64) -> ProfileConsumerSpec {
+    ProfileConsumerSpec {
+        handler: crate::crd::Handler::Analytics,
+        replicas: None,
+        autoscaling: Some(Autoscaling {
+            min_replicas: min,
+            max_replicas: max,
+            lag_threshold: threshold,
+            scale_down_delay_seconds: 300,
+        }),
+        ..spec()
+    }
+}
+
+/// A resource as the API server returns it after a reconcile decided `desired` replicas.
+fn reconciled(mut pc: ProfileConsumer, desired: i32, last_scale: Time) -> ProfileConsumer {
+    pc.status = Some(ProfileConsumerStatus {
+        observed_generation: Some(1),
+        group_id: Some(pc.effective_group_id().unwrap()),
+        replicas: desired,
+        ready_replicas: desired,
+        desired_replicas: desired,
+        last_scale_time: Some(last_scale),
+        ..ProfileConsumerStatus::default()
+    });
+    pc
+}
+
+fn created_at(mut pc: ProfileConsumer, seconds_ago_: i64) -> ProfileConsumer {
+    pc.metadata.creation_timestamp = Some(seconds_ago(seconds_ago_));
+    pc
+}
+
+#[tokio::test]
+async fn new_resource_gets_a_deployment_and_a_ready_status() {
+    let pc = resource("audit", spec());
+    let (result, sent, _) = reconcile_with(
+        pc.clone(),
+        lag(7, 3),
+        Scenario::Apply {
+            siblings: vec![pc.clone()],
+            ready: 2,
+            events: vec![],
+        },
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+
+    let d = sent.deployment.unwrap();
+    assert_eq!(d, deployment::build(&pc, &settings(), "default.audit", 2).unwrap());
+    assert_eq!(replicas_of(&d), Some(2));
+    assert_eq!(env_of(&d, "KAFKA_GROUP_ID").unwrap(), "default.audit");
+
+    let status = sent.status.unwrap();
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.group_id.as_deref(), Some("default.audit"));
+    assert_eq!(
+        (status.desired_replicas, status.replicas, status.ready_replicas),
+        (2, 2, 2)
+    );
+    assert_eq!((status.lag, status.partitions), (Some(7), Some(3)));
+    assert_eq!(status.last_scale_time, Some(Time(now())));
+    let ready = condition_of(&status, "Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "ReplicasReady"));
+    assert_eq!(condition_of(&status, "Progressing").status, "False");
+    let degraded = condition_of(&status, "Degraded");
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("False", "AsExpected"));
+}
+
+#[tokio::test]
+async fn deployment_is_left_to_garbage_collection_through_its_owner_reference() {
+    // Deleting a ProfileConsumer needs no finalizer: its Deployment names it as controlling owner.
+    let pc = resource("audit", spec());
+    let (_, sent, _) = reconcile_with(
+        pc.clone(),
+        lag(0, 1),
+        Scenario::Apply {
+            siblings: vec![],
+            ready: 2,
+            events: vec![],
+        },
+    )
+    .await;
+    let d = sent.deployment.unwrap();
+    let owners = d.metadata.owner_references.unwrap();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].uid, "uid-audit");
+    assert_eq!(owners[0].kind, "ProfileConsumer");
+    assert_eq!(owners[0].controller, Some(true));
+    assert_eq!(owners[0].block_owner_deletion, Some(true));
+}
+
+#[tokio::test]
+async fn unchanged_resource_is_applied_again_identically_without_events() {
+    // Server-side apply is idempotent: the same body is sent on every resync, which also puts
+    // back a hand edit of a managed field.
+    let pc = reconciled(resource("audit", spec()), 2, seconds_ago(3600));
+    let (result, sent, _) = reconcile_with(
+        pc.clone(),
+        lag(0, 3),
+        Scenario::Apply {
+            siblings: vec![pc.clone()],
+            ready: 2,
+            events: vec![],
+        },
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(
+        sent.deployment.unwrap(),
+        deployment::build(&pc, &settings(), "default.audit", 2).unwrap()
+    );
+    let status = sent.status.unwrap();
+    assert_eq!(status.desired_replicas, 2);
+    assert_eq!(status.last_scale_time, Some(seconds_ago(3600)), "no scale change");
+    assert!(sent.events.is_empty());
+}
+
+#[tokio::test]
+async fn changed_spec_is_applied_to_the_deployment() {
+    let mut pc = reconciled(resource("audit", spec()), 2, seconds_ago(3600));
+    pc.spec.topics = vec!["user-events".into(), "admin-events".into()];
+    pc.spec.replicas = Some(3);
+    pc.metadata.generation = Some(2);
+    let (_, sent, _) = reconcile_with(
+        pc,
+        lag(0, 3),
+        Scenario::Apply {
+            siblings: vec![],
+            ready: 3,
+            events: vec!["Scaled"],
+        },
+    )
+    .await;
+    let d = sent.deployment.unwrap();
+    assert_eq!(env_of(&d, "KAFKA_TOPICS").unwrap(), "user-events,admin-events");
+    assert_eq!(replicas_of(&d), Some(3));
+    let status = sent.status.unwrap();
+    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(status.last_scale_time, Some(Time(now())));
+    assert_eq!(sent.events[0]["note"], "scaled from 2 to 3 replicas (lag 0)");
+}
+
+#[tokio::test]
+async fn lag_scales_up_at_once_capped_by_partitions_and_records_an_event() {
+    let pc = reconciled(resource("analytics", autoscaling_spec(1, 10, 100)), 1, seconds_ago(10));
+    let (_, sent, _) = reconcile_with(
+        pc,
+        lag(1000, 4),
+        Scenario::Apply {
+            siblings: vec![],
+            ready: 1,
+            events: vec!["Scaled"],
+        },
+    )
+    .await;
+    assert_eq!(replicas_of(&sent.deployment.unwrap()), Some(4));
+    let status = sent.status.unwrap();
+    assert_eq!(status.desired_replicas, 4);
+    assert_eq!((status.lag, status.partitions), (Some(1000), Some(4)));
+    assert_eq!(status.last_scale_time, Some(Time(now())));
+    assert_eq!(status.ready_replicas, 1);
+    let ready = condition_of(&status, "Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ReplicasNotReady"));
+    assert_eq!(condition_of(&status, "Progressing").status, "True");
+    assert_eq!(sent.events[0]["type"], "Normal");
+    assert_eq!(sent.events[0]["note"], "scaled from 1 to 4 replicas (lag 1000)");
+}
+
+#[tokio::test]
+async fn scale_down_waits_for_the_delay() {
+    let pc = reconciled(resource("analytics", autoscaling_spec(1, 10, 100)), 4, seconds_ago(60));
+    let (_, sent, _) = reconcile_with(
+        pc,
+        lag(0, 4),
+        Scenario::Apply {
+            siblings: vec![],
+            ready: 4,
+            events: vec![],
+        },
+    )
+    .await;
+    assert_eq!(replicas_of(&sent.deployment.unwrap()), Some(4));
+    assert_eq!(sent.status.unwrap().last_scale_time, Some(seconds_ago(60)));
+}
+
+#[tokio::test]
+async fn paused_resource_runs_no_pods() {
+    let mut s = spec();
+    s.paused = true;
+    let pc = reconciled(resource("email", s), 0, seconds_ago(100));
+    let (_, sent, _) = reconcile_with(
+        pc,
+        lag(5, 1),
+        Scenario::Apply {
+            siblings: vec![],
+            ready: 0,
+            events: vec![],
+        },
+    )
+    .await;
+    assert_eq!(replicas_of(&sent.deployment.unwrap()), Some(0));
+    let status = sent.status.unwrap();
+    assert_eq!(condition_of(&status, "Ready").reason, "Paused");
+}
+
+#[tokio::test]
+async fn unreadable_lag_holds_the_replicas_and_degrades() {
+    let pc = reconciled(resource("analytics", autoscaling_spec(1, 10, 100)), 3, seconds_ago(10));
+    let (result, sent, _) = reconcile_with(
+        pc,
+        StubLag(Err("broker unreachable".into())),
+        Scenario::Apply {
+            siblings: vec![],
+            ready: 3,
+            events: vec!["LagUnavailable"],
+        },
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(replicas_of(&sent.deployment.unwrap()), Some(3));
+    let status = sent.status.unwrap();
+    assert_eq!(status.lag, None);
+    let degraded = condition_of(&status, "Degraded");
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "LagUnavailable"));
+    assert_eq!(sent.events[0]["type"], "Warning");
+}
+
+#[tokio::test]
+async fn later_resource_on_the_same_group_with_other_topics_is_degraded_without_deployment() {
+    let shared = |name: &str, topic: &str, age: i64| {
+        let mut s = spec();
+        s.group_id = Some("shared".into());
+        s.topics = vec![topic.into()];
+        created_at(resource(name, s), age)
+    };
+    let first = shared("first", "user-events", 600);
+    let later = shared("later", "admin-events", 60);
+    let (result, sent, _) = reconcile_with(
+        later.clone(),
+        lag(0, 1),
+        Scenario::GroupConflict {
+            siblings: vec![first, later],
+        },
+    )
+    .await;
+    result.unwrap();
+    assert!(sent.deployment.is_none());
+    let status = sent.status.unwrap();
+    let degraded = condition_of(&status, "Degraded");
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "GroupConflict"));
+    assert!(degraded.message.contains("\"first\""), "{}", degraded.message);
+    assert_eq!(condition_of(&status, "Ready").status, "False");
+    assert_eq!(sent.events[0]["type"], "Warning");
+}
+
+#[tokio::test]
+async fn earlier_resource_keeps_its_group() {
+    let shared = |name: &str, topic: &str, age: i64| {
+        let mut s = spec();
+        s.group_id = Some("shared".into());
+        s.topics = vec![topic.into()];
+        created_at(resource(name, s), age)
+    };
+    let first = shared("first", "user-events", 600);
+    let later = shared("later", "admin-events", 60);
+    let (_, sent, _) = reconcile_with(
+        first.clone(),
+        lag(0, 1),
+        Scenario::Apply {
+            siblings: vec![first, later],
+            ready: 2,
+            events: vec![],
+        },
+    )
+    .await;
+    assert!(sent.deployment.is_some());
+    assert_eq!(condition_of(&sent.status.unwrap(), "Degraded").status, "False");
+}
+
+#[test]
+fn same_creation_time_is_broken_by_name_and_same_topics_share_a_group() {
+    let shared = |name: &str, topic: &str| {
+        let mut s = spec();
+        s.group_id = Some("g".into());
+        s.topics = vec![topic.into()];
+        created_at(resource(name, s), 5)
+    };
+    let a = shared("a", "t1");
+    let b = shared("b", "t2");
+    let c = shared("c", "t1");
+    let all = vec![a.clone(), b.clone(), c.clone()];
+    assert!(group_conflict(&a, &all).unwrap().is_none());
+    assert_eq!(group_conflict(&b, &all).unwrap().unwrap().name_any(), "a");
+    // c reads the winner's topics: it shares the group with a, and b (refused) does not count.
+    assert!(group_conflict(&c, &all).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn invalid_spec_is_degraded_and_nothing_else_is_touched() {
+    let mut s = autoscaling_spec(5, 2, 100);
+    s.topics = vec!["user-events".into()];
+    let pc = resource("bad", s);
+    let (result, sent, _) = reconcile_with(pc, lag(0, 1), Scenario::InvalidSpec).await;
+    result.unwrap();
+    let status = sent.status.unwrap();
+    let degraded = condition_of(&status, "Degraded");
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "InvalidSpec"));
+    assert_eq!(
+        degraded.message,
+        "minReplicas must not be greater than maxReplicas"
+    );
+}
+
+#[tokio::test]
+async fn failed_apply_is_reported_counted_and_retried_with_backoff() {
+    let pc = resource("audit", spec());
+    let (result, sent, ctx) = reconcile_with(pc.clone(), lag(0, 1), Scenario::ApplyFails).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.metric_label(), "kube");
+    assert_eq!(sent.events[0]["type"], "Warning");
+    let pc = Arc::new(pc);
+    assert_eq!(
+        error_policy(pc.clone(), &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        error_policy(pc, &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    let failures = ctx
+        .metrics
+        .failures
+        .get_or_create(&crate::metrics::ErrorLabels {
+            error: "kube".into(),
+        })
+        .get();
+    assert_eq!(failures, 2);
+}
+
+#[test]
+fn backoff_doubles_up_to_five_minutes() {
+    assert_eq!(backoff(1), Duration::from_secs(5));
+    assert_eq!(backoff(2), Duration::from_secs(10));
+    assert_eq!(backoff(4), Duration::from_secs(40));
+    assert_eq!(backoff(10), Duration::from_secs(300));
+    assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
+}
