@@ -5,10 +5,8 @@
 #   docker build -t ghcr.io/statecast/statecast:dev .
 
 FROM rust:1.95-bookworm AS builder
-# rdkafka builds its bundled librdkafka with cmake.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends cmake \
-    && rm -rf /var/lib/apt/lists/*
+# rdkafka builds its bundled librdkafka (and a static zlib) with the image's make and C compiler,
+# so the binaries need nothing beyond glibc and libgcc at run time.
 WORKDIR /src
 COPY . .
 # Cache the registry and target dir between builds (BuildKit), then copy the binaries out of the

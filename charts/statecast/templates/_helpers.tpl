@@ -181,9 +181,6 @@ Included by every template that depends on them so that `helm template` fails ea
 {{- if and (not .Values.auth.disabled) (not .Values.auth.existingSecret) (not .Values.auth.hs256Secret) (not .Values.auth.jwksUrl) }}
 {{- fail "auth.disabled is false but no key is configured: set auth.hs256Secret, auth.jwksUrl or auth.existingSecret (or auth.disabled=true for a demo)" }}
 {{- end }}
-{{- if and .Values.tests.enabled (not .Values.postgresql.enabled) (not .Values.tests.psqlImage) }}
-{{- fail "tests.enabled is true with postgresql.enabled=false: set tests.psqlImage to an image providing psql (e.g. postgres:16), or tests.enabled=false" }}
-{{- end }}
 {{- $names := list }}
 {{- range .Values.consumers }}
 {{- if has .name $names }}

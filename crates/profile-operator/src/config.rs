@@ -25,6 +25,7 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at start-up")]
 pub enum Command {
     /// Run the operator (the default).
     Run(RunArgs),

@@ -39,13 +39,13 @@ pub const CRD_NAME: &str = "profileconsumers.statecast.dev";
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas"
     ),
-    printcolumn(name = "Handler", type_ = "string", json_path = ".spec.handler"),
-    printcolumn(name = "Group", type_ = "string", json_path = ".status.groupId"),
-    printcolumn(name = "Topics", type_ = "string", json_path = ".spec.topics"),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name": "Handler", "type": "string", "jsonPath": ".spec.handler", "description": "Handler the consumers run"}"#,
+    printcolumn = r#"{"name": "Group", "type": "string", "jsonPath": ".status.groupId", "description": "Effective consumer group"}"#,
+    printcolumn = r#"{"name": "Topics", "type": "string", "jsonPath": ".spec.topics", "description": "Topics consumed"}"#,
+    printcolumn = r#"{"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas", "description": "Replicas the operator asked for"}"#,
+    printcolumn = r#"{"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas", "description": "Ready consumer pods"}"#,
+    printcolumn = r#"{"name": "Lag", "type": "integer", "jsonPath": ".status.lag", "description": "Records not yet consumed by the group"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[schemars(transform = spec_rules)]
 #[serde(rename_all = "camelCase")]
@@ -286,7 +286,8 @@ impl ProfileConsumerSpec {
 impl ProfileConsumer {
     /// Namespace of the resource (always set for a namespaced resource read from the API).
     pub fn namespace_or_err(&self) -> Result<String> {
-        self.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))
+        self.namespace()
+            .ok_or(Error::MissingObjectKey("metadata.namespace"))
     }
 
     /// The consumer group: `spec.groupId`, or `<namespace>.<name>`.
@@ -352,15 +353,24 @@ mod tests {
         for part in ["spec", "status"] {
             walk_descriptions(part, &schema["properties"][part], &mut missing);
         }
-        assert!(missing.is_empty(), "fields without description: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "fields without description: {missing:?}"
+        );
     }
 
     #[test]
     fn crd_has_status_and_scale_subresources_and_cel_rules() {
         let crd = serde_json::to_value(ProfileConsumer::crd()).unwrap();
         let v = &crd["spec"]["versions"][0];
-        assert_eq!(v["subresources"]["scale"]["specReplicasPath"], ".spec.replicas");
-        assert_eq!(v["subresources"]["scale"]["statusReplicasPath"], ".status.replicas");
+        assert_eq!(
+            v["subresources"]["scale"]["specReplicasPath"],
+            ".spec.replicas"
+        );
+        assert_eq!(
+            v["subresources"]["scale"]["statusReplicasPath"],
+            ".status.replicas"
+        );
         assert!(v["subresources"]["status"].is_object());
         assert_eq!(crd["spec"]["names"]["shortNames"][0], "pc");
         let text = serde_json::to_string(&crd).unwrap();
@@ -374,17 +384,27 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Handler", "Group", "Topics", "Desired", "Ready", "Lag", "Age"]
+            [
+                "Handler", "Group", "Topics", "Desired", "Ready", "Lag", "Age"
+            ]
         );
     }
 
     fn examples(dir: &str) -> Vec<(String, String)> {
-        let dir = format!("{}/../../manifests/examples/{dir}", env!("CARGO_MANIFEST_DIR"));
+        let dir = format!(
+            "{}/../../manifests/examples/{dir}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-            .map(|p| (p.display().to_string(), std::fs::read_to_string(&p).unwrap()))
+            .map(|p| {
+                (
+                    p.display().to_string(),
+                    std::fs::read_to_string(&p).unwrap(),
+                )
+            })
             .collect();
         files.sort();
         files
@@ -408,9 +428,19 @@ mod tests {
         assert!(files.len() >= 3);
         for (path, text) in files {
             let value: serde_json::Value = serde_yaml::from_str(&text).unwrap();
-            let errors: Vec<_> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
-            assert!(errors.is_empty(), "{path} refused by the schema: {errors:?}");
-            assert_eq!(rust_check(&text), Ok(()), "{path} refused by spec.validate()");
+            let errors: Vec<_> = validator
+                .iter_errors(&value)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{path} refused by the schema: {errors:?}"
+            );
+            assert_eq!(
+                rust_check(&text),
+                Ok(()),
+                "{path} refused by spec.validate()"
+            );
         }
     }
 
@@ -422,14 +452,23 @@ mod tests {
         let files = examples("invalid");
         assert!(files.len() >= 5);
         for (path, text) in files {
-            assert!(text.starts_with("# Invalid: "), "{path} must say why it is invalid");
+            assert!(
+                text.starts_with("# Invalid: "),
+                "{path} must say why it is invalid"
+            );
             let value: serde_json::Value = serde_yaml::from_str(&text).unwrap();
             if text.contains("\n# cel-only:") {
-                assert!(validator.is_valid(&value), "{path}: expected only CEL to refuse it");
+                assert!(
+                    validator.is_valid(&value),
+                    "{path}: expected only CEL to refuse it"
+                );
             } else {
                 assert!(!validator.is_valid(&value), "{path} accepted by the schema");
             }
-            assert!(rust_check(&text).is_err(), "{path} accepted by spec.validate()");
+            assert!(
+                rust_check(&text).is_err(),
+                "{path} accepted by spec.validate()"
+            );
         }
     }
 

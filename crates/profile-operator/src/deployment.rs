@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
-    SeccompProfile, SecurityContext, Volume, VolumeMount,
+    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -86,11 +86,7 @@ fn secret_env(secret: &str, key: &str) -> EnvVar {
 
 /// Environment of the consumer container: the operator's variables, then `spec.env` (a later
 /// duplicate wins in Kubernetes, so the user can override).
-pub fn consumer_env(
-    pc: &ProfileConsumer,
-    settings: &Settings,
-    group_id: &str,
-) -> Vec<EnvVar> {
+pub fn consumer_env(pc: &ProfileConsumer, settings: &Settings, group_id: &str) -> Vec<EnvVar> {
     let spec = &pc.spec;
     let handler = spec.handler.as_str();
     let mut vars = vec![
@@ -283,7 +279,14 @@ pub(crate) mod tests {
     }
 
     fn container(d: &Deployment) -> &Container {
-        &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+        &d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
     }
 
     #[test]
@@ -395,7 +398,10 @@ pub(crate) mod tests {
         let c = container(&d);
         assert_eq!(c.name, "consumer");
         assert_eq!(c.command.as_ref().unwrap(), &["profile-consumer"]);
-        assert_eq!(c.image.as_deref(), Some("ghcr.io/statecast/statecast:0.1.0"));
+        assert_eq!(
+            c.image.as_deref(),
+            Some("ghcr.io/statecast/statecast:0.1.0")
+        );
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
@@ -404,11 +410,26 @@ pub(crate) mod tests {
             &["ALL"]
         );
         let port = &c.ports.as_ref().unwrap()[0];
-        assert_eq!((port.name.as_deref(), port.container_port), (Some("metrics"), 9090));
-        let ready = c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(
+            (port.name.as_deref(), port.container_port),
+            (Some("metrics"), 9090)
+        );
+        let ready = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
         assert_eq!(ready.path.as_deref(), Some("/readyz"));
         assert_eq!(ready.port, IntOrString::Int(9090));
-        let live = c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        let live = c
+            .liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
         assert_eq!(live.path.as_deref(), Some("/healthz"));
     }
 

@@ -114,18 +114,22 @@ mod tests {
 
     #[tokio::test]
     async fn lag_of_a_fresh_group_on_the_real_broker_drives_the_scaling_rule() {
-        let brokers = brokers();
+        let bootstrap = brokers();
         let topic = format!("operator-lag-{}", uuid::Uuid::now_v7());
         let partitions = 4;
 
         // Topics are not auto-created on the tansu broker: create it explicitly.
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+            .set("bootstrap.servers", &bootstrap)
             .create()
             .unwrap();
         let created = admin
             .create_topics(
-                &[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))],
+                &[NewTopic::new(
+                    &topic,
+                    partitions,
+                    TopicReplication::Fixed(1),
+                )],
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
             )
             .await
@@ -135,7 +139,7 @@ mod tests {
         // One record per batch (linger.ms=0, batch.num.messages=1): the tansu broker's high
         // watermark is only right when every batch holds a single record.
         let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+            .set("bootstrap.servers", &bootstrap)
             .set("linger.ms", "0")
             .set("batch.num.messages", "1")
             .create()
@@ -161,7 +165,7 @@ mod tests {
             result.unwrap();
         }
 
-        let reader = KafkaLagReader::new(brokers, Duration::from_secs(10));
+        let reader = KafkaLagReader::new(bootstrap.clone(), Duration::from_secs(10));
         let group = format!("{topic}.group");
         let topics = vec![topic.clone()];
         let lag = tokio::task::spawn_blocking(move || reader.read_lag(&group, &topics))
@@ -192,6 +196,28 @@ mod tests {
         });
         // ceil(1000 / 100) = 10, capped by the 4 partitions.
         assert_eq!(desired, 4);
+
+        // The group commits partition 0 up to its end: its 250 records no longer count.
+        let committer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap.clone())
+            .set("group.id", format!("{topic}.group"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&topic, 0, Offset::Offset(250))
+            .unwrap();
+        committer
+            .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+            .unwrap();
+        let reader = KafkaLagReader::new(bootstrap.clone(), Duration::from_secs(10));
+        let group = format!("{topic}.group");
+        let lag = tokio::task::spawn_blocking(move || reader.read_lag(&group, &[topic]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(lag.lag, 750);
     }
 
     #[test]

@@ -104,7 +104,10 @@ mod tests {
         metrics.reconcile_failure(&Error::Kafka("down".into()));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains("profile_operator_reconciles_total 1"), "{text}");
+        assert!(
+            text.contains("profile_operator_reconciles_total 1"),
+            "{text}"
+        );
         assert!(text.contains(r#"profile_operator_reconcile_failures_total{error="kafka"} 1"#));
         assert!(text.contains("profile_operator_reconcile_duration_seconds_count 1"));
     }

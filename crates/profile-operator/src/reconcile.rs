@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -207,7 +207,12 @@ pub fn group_conflict<'a>(
         }
         same_group.push(other);
     }
-    same_group.sort_by_key(|p| (p.meta().creation_timestamp.clone().map(|t| t.0), p.name_any()));
+    same_group.sort_by_key(|p| {
+        (
+            p.meta().creation_timestamp.clone().map(|t| t.0),
+            p.name_any(),
+        )
+    });
     let mut accepted: Vec<&ProfileConsumer> = vec![];
     for candidate in same_group {
         let rival = accepted
@@ -382,10 +387,7 @@ async fn reconcile_inner(pc: &ProfileConsumer, ctx: &Context) -> Result<Action> 
         .await?;
 
     let (lag_value, partitions) = match &lag {
-        Ok(l) => (
-            i64::try_from(l.lag).ok(),
-            i32::try_from(l.partitions).ok(),
-        ),
+        Ok(l) => (i64::try_from(l.lag).ok(), i32::try_from(l.partitions).ok()),
         Err(_) => (None, None),
     };
     let last_scale_time = match previous_desired {
@@ -422,9 +424,17 @@ async fn reconcile_inner(pc: &ProfileConsumer, ctx: &Context) -> Result<Action> 
     let ready_condition = if pc.spec.paused {
         (true, "Paused", "paused: no consumer pods run".to_owned())
     } else if ready >= desired {
-        (true, "ReplicasReady", format!("{ready}/{desired} replicas ready"))
+        (
+            true,
+            "ReplicasReady",
+            format!("{ready}/{desired} replicas ready"),
+        )
     } else {
-        (false, "ReplicasNotReady", format!("{ready}/{desired} replicas ready"))
+        (
+            false,
+            "ReplicasNotReady",
+            format!("{ready}/{desired} replicas ready"),
+        )
     };
     let conditions = vec![
         condition(
@@ -452,7 +462,9 @@ async fn reconcile_inner(pc: &ProfileConsumer, ctx: &Context) -> Result<Action> 
                 PROGRESSING,
                 true,
                 "RollingOut",
-                format!("{replicas} replicas, {updated} up to date, {ready} ready, {desired} desired"),
+                format!(
+                    "{replicas} replicas, {updated} up to date, {ready} ready, {desired} desired"
+                ),
                 generation,
                 now,
             )
@@ -516,8 +528,8 @@ pub async fn run(
         ),
         None => (Api::all(client.clone()), Api::all(client)),
     };
-    let owned = watcher::Config::default()
-        .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     Controller::new(consumers, watcher::Config::default().any_semantic())
         .owns(deployments, owned)
         .graceful_shutdown_on(shutdown)

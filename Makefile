@@ -1,0 +1,45 @@
+# Statecast task runner. `make` lists the recipes; CI runs `make test` (see .ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+# Build cache outside the clone, so a fresh clone on the same machine builds warm.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/statecast/target
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+BIN := $(CARGO_TARGET_DIR)/debug
+
+help: ## list the recipes
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+dev: ## start the local stack, then run the Profile API and the four consumers (Ctrl-C stops them)
+	scripts/dev
+
+test: ## start the stack, then fmt, clippy, every Rust test against the real services, chart checks
+	scripts/test
+
+stack-up: ## start PostgreSQL, Redis, the broker and the SMTP sink on loopback (idempotent)
+	scripts/stack up
+
+stack-down: ## stop what stack-up started
+	scripts/stack down
+
+stack-status: ## show the local services and who started them
+	scripts/stack status
+
+crd: ## regenerate manifests/crd/ and the chart's copy from the Rust types
+	cargo run -q -p profile-operator -- crd > manifests/crd/profileconsumers.statecast.dev.yaml
+	scripts/chart-check --sync-crd
+
+chart-check: ## lint, render and validate the Helm chart offline (Helm 3 and 4)
+	scripts/chart-check
+
+kind-up: ## create a kind cluster, build and load the image, helm install (needs Docker, kind, kubectl, helm)
+	scripts/kind-up
+
+kind-e2e: ## end-to-end check against the kind cluster
+	scripts/kind-e2e
+
+kind-down: ## delete the kind cluster
+	scripts/kind-down
+
+.PHONY: help dev test stack-up stack-down stack-status crd chart-check kind-up kind-e2e kind-down

@@ -1,0 +1,245 @@
+//! Test support for Statecast's integration tests, which run against the real PostgreSQL, Redis
+//! and Kafka-protocol broker started by `scripts/stack up`.
+//!
+//! Isolation comes from names, not mocks: every test gets its own database ([`fresh_database`]),
+//! its own topics ([`create_topic`] with a [`unique`] name) and its own consumer groups.
+//! Outages are real too: [`FaultProxy`] sits between a client and PostgreSQL or Redis and can cut
+//! every connection, and [`PrivateBroker`] is a broker process of the test's own that can be
+//! killed and restarted without disturbing other tests.
+//!
+//! # Layout
+//! - connection settings: [`database_url`], [`redis_url`], [`kafka_brokers`], [`smtp_url`], [`maildir`]
+//! - [`fresh_database`], [`create_topic`], [`unique`]
+//! - [`FaultProxy`], [`PrivateBroker`]
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use sqlx::Connection as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// The stack's PostgreSQL database (`DATABASE_URL`).
+pub fn database_url() -> String {
+    env_or(
+        "DATABASE_URL",
+        "postgres://statecast:statecast@127.0.0.1:5432/statecast",
+    )
+}
+
+/// The stack's Redis (`REDIS_URL`).
+pub fn redis_url() -> String {
+    env_or("REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+/// The stack's broker (`KAFKA_BROKERS`).
+pub fn kafka_brokers() -> String {
+    env_or("KAFKA_BROKERS", "127.0.0.1:9092")
+}
+
+/// The stack's SMTP sink (`SMTP_URL`).
+pub fn smtp_url() -> String {
+    env_or("SMTP_URL", "smtp://127.0.0.1:2525")
+}
+
+/// The Maildir the SMTP sink delivers into (`STATECAST_MAILDIR`, default `.stack/mail`).
+pub fn maildir() -> PathBuf {
+    std::env::var_os("STATECAST_MAILDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".stack/mail"))
+}
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A name no other test uses: `prefix-<uuid v7 simple>` (valid as topic, group and database
+/// name once lower-cased).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Creates an empty database of this test's own and returns its URL.
+pub async fn fresh_database() -> anyhow::Result<String> {
+    let base = database_url();
+    let name = unique("t").replace('-', "_");
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .with_context(|| format!("connect to {base}: is the stack up? (scripts/stack up)"))?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .context("create test database")?;
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .context("DATABASE_URL has no database name")?;
+    Ok(format!("{prefix}/{name}"))
+}
+
+/// Creates `name` with `partitions` partitions (the broker does not auto-create topics).
+pub async fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("admin client")?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .context("create topic")?;
+    for result in results {
+        if let Err((topic, code)) = result
+            && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
+        {
+            bail!("cannot create topic {topic}: {code}");
+        }
+    }
+    Ok(())
+}
+
+/// A TCP proxy whose upstream can be cut, to make a real service look down to one client.
+///
+/// While down, every proxied connection is closed and new ones are closed on accept.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    cut: watch::Sender<u64>,
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let up = Arc::new(AtomicBool::new(true));
+        let (cut, _) = watch::channel(0u64);
+        let upstream = upstream.to_owned();
+        let (up2, cut2) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let mut cut_rx = cut2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, up, cut })
+    }
+
+    /// `host:port` clients should use.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Cuts every connection and refuses new ones until [`FaultProxy::restore`].
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A tansu broker of the test's own, on its own port, with in-memory storage.
+///
+/// Killing it loses its topics (memory storage); [`PrivateBroker::restart`] brings up an empty
+/// broker on the same port, and the caller re-creates its topics.
+pub struct PrivateBroker {
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateBroker {
+    /// Starts a broker on a free port and waits until it accepts connections.
+    pub async fn start() -> anyhow::Result<Self> {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            probe.local_addr()?.port()
+        };
+        let mut broker = Self { port, child: None };
+        broker.spawn().await?;
+        Ok(broker)
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let bin = tansu_bin();
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = tokio::process::Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {} (set TANSU_BIN)", bin.display()))?;
+        self.child = Some(child);
+        for _ in 0..300 {
+            if TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("private broker did not listen on port {}", self.port)
+    }
+
+    /// Kills the broker (SIGKILL) and waits for it to exit.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts a new, empty broker on the same port.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await;
+        self.spawn().await
+    }
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("TANSU_BIN") {
+        return PathBuf::from(bin);
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+    let bin = cargo_home.join("bin/tansu");
+    if bin.exists() { bin } else { PathBuf::from("tansu") }
+}
