@@ -1,1 +1,73 @@
-//! profile-consumer
+//! The consumer workloads of Statecast: one binary, four handlers (`audit`, `analytics`, `email`,
+//! `cache-refresh`), each an independent consumer group reading profile events from Kafka.
+//!
+//! Every handler is at-least-once on the wire and exactly-once in effect: offsets are stored only
+//! after the effect is durable, each event id is recorded with its effect (or, for Redis, made a
+//! no-op by a version compare), and a user's events are never applied at or below the last
+//! applied version. Records that cannot be handled go to a dead-letter topic, and the consumer
+//! moves on. Consumers never call back into the Profile API: the event carries the snapshot.
+//!
+//! # Layout
+//! - [`config`]: command line and environment ([`Config`]).
+//! - [`consumer`]: the consume loop, rebalance hooks and graceful shutdown ([`run`]).
+//! - [`retry`]: the exponential backoff schedule.
+//! - [`dlq`]: dead-letter records and their headers.
+//! - [`store`]: the PostgreSQL dedup (`processed_event`) and order (`applied_version`) tables.
+//! - [`handlers`]: the effects, one module per handler.
+//! - [`metrics`]: Prometheus metrics; [`http`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`telemetry`]: the per-record `process {topic}` span and trace-id helpers.
+
+pub mod config;
+pub mod consumer;
+pub mod dlq;
+pub mod handlers;
+pub mod http;
+pub mod metrics;
+pub mod retry;
+pub mod store;
+pub mod telemetry;
+
+pub use config::{Config, HandlerKind};
+pub use consumer::run;
+
+/// Everything that can stop the consumer (start-up and fatal errors). Per-record failures are
+/// [`handlers::HandlerError`]s and never end the process.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is incomplete or inconsistent; the message names the variable.
+    #[error("configuration error: {0}")]
+    Config(String),
+
+    /// PostgreSQL could not be reached at start-up.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+
+    /// The consumer's migrations failed.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// Redis could not be reached at start-up.
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+
+    /// The Kafka client could not be created or subscribed.
+    #[error("kafka error: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+
+    /// The metrics address could not be bound, or the HTTP server failed.
+    #[error("http server error on {addr}: {source}")]
+    Http {
+        /// `METRICS_ADDR`.
+        addr: std::net::SocketAddr,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A background task panicked.
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -715,3 +715,28 @@ fn backoff_doubles_up_to_five_minutes() {
     assert_eq!(backoff(10), Duration::from_secs(300));
     assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
 }
+
+#[tokio::test]
+async fn missing_crd_stops_start_up_with_install_instructions() {
+    let (ctx, mut verifier) = context(lag(0, 1));
+    let server = tokio::spawn(async move {
+        let (request, send) = verifier.next().await;
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(
+            request.uri().path(),
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/profileconsumers.statecast.dev"
+        );
+        send.send_response(json_response(
+            StatusCode::NOT_FOUND,
+            &status_body(404, "NotFound", "not found"),
+        ));
+    });
+    let error = check_crd_installed(&ctx.client).await.unwrap_err();
+    server.await.unwrap();
+    assert!(matches!(error, Error::CrdNotInstalled));
+    assert!(
+        error
+            .to_string()
+            .contains("kubectl apply -f manifests/crd/")
+    );
+}

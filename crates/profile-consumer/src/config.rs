@@ -1,0 +1,288 @@
+//! Command line and environment. Every flag also reads the environment variable of the same
+//! name (`--kafka-group-id` / `KAFKA_GROUP_ID`); `.env.sample` lists them all with defaults.
+//!
+//! [`Config::validate`] turns a configuration that parses but cannot work (an `email` handler
+//! without `SMTP_URL`) into a message naming the missing variable, before anything connects.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::Error;
+
+/// Default `KAFKA_BROKERS`.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+/// Default `KAFKA_TOPICS`.
+pub const DEFAULT_TOPIC: &str = "user-events";
+/// Default `MAX_RETRIES`.
+pub const DEFAULT_MAX_RETRIES: u32 = 5;
+/// Default `METRICS_ADDR`.
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9090";
+/// Default `MAIL_FROM`.
+pub const DEFAULT_MAIL_FROM: &str = "Statecast <no-reply@statecast.local>";
+
+/// The effect a consumer applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HandlerKind {
+    /// Append every event to `audit_log` (PostgreSQL).
+    Audit,
+    /// Maintain per-country and per-day aggregates (PostgreSQL).
+    Analytics,
+    /// Mail the user about the change (SMTP, PostgreSQL for dedup).
+    Email,
+    /// Keep `profile:{id}` in Redis up to date.
+    CacheRefresh,
+}
+
+impl HandlerKind {
+    /// The name used in `CONSUMER_HANDLER`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Audit => "audit",
+            Self::Analytics => "analytics",
+            Self::Email => "email",
+            Self::CacheRefresh => "cache-refresh",
+        }
+    }
+}
+
+/// The consumer's configuration.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "profile-consumer", version, about)]
+pub struct Config {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = DEFAULT_BROKERS)]
+    pub kafka_brokers: String,
+
+    /// Consumer group: each group receives every event once.
+    #[arg(long, env = "KAFKA_GROUP_ID")]
+    pub kafka_group_id: String,
+
+    /// Topics to consume, comma-separated.
+    #[arg(long, env = "KAFKA_TOPICS", default_value = DEFAULT_TOPIC, value_delimiter = ',')]
+    pub kafka_topics: Vec<String>,
+
+    /// Which effect to apply.
+    #[arg(long, env = "CONSUMER_HANDLER", value_enum)]
+    pub consumer_handler: HandlerKind,
+
+    /// PostgreSQL; required by `audit`, `analytics` and `email`.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Redis; required by `cache-refresh`.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// SMTP server, `smtp://[user:password@]host[:port]`; required by `email`.
+    #[arg(long, env = "SMTP_URL")]
+    pub smtp_url: Option<String>,
+
+    /// Dead-letter topic; `<first topic>.dlq` when unset.
+    #[arg(long, env = "DLQ_TOPIC")]
+    pub dlq_topic: Option<String>,
+
+    /// Attempts at a record before it goes to the dead-letter topic (at least 1).
+    #[arg(long, env = "MAX_RETRIES", default_value_t = DEFAULT_MAX_RETRIES)]
+    pub max_retries: u32,
+
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
+
+    /// Backoff before the second attempt, in milliseconds; doubles per attempt.
+    #[arg(long, env = "RETRY_BASE_BACKOFF_MS", default_value_t = 100)]
+    pub retry_base_backoff_ms: u64,
+
+    /// Longest backoff between attempts, in milliseconds.
+    #[arg(long, env = "RETRY_MAX_BACKOFF_MS", default_value_t = 5000)]
+    pub retry_max_backoff_ms: u64,
+
+    /// `From` of the `email` handler's mails.
+    #[arg(long, env = "MAIL_FROM", default_value = DEFAULT_MAIL_FROM)]
+    pub mail_from: String,
+
+    /// TTL of `profile:{id}` entries written by `cache-refresh`, in seconds.
+    #[arg(long, env = "CACHE_TTL_SECONDS", default_value_t = 3600)]
+    pub cache_ttl_seconds: u64,
+
+    /// TTL of the tombstones `cache-refresh` writes on delete, in seconds.
+    #[arg(long, env = "CACHE_TOMBSTONE_TTL_SECONDS", default_value_t = 86_400)]
+    pub cache_tombstone_ttl_seconds: u64,
+
+    /// Kafka `session.timeout.ms`: how fast a dead replica's partitions move to another.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_session_timeout_ms: u32,
+
+    /// How often the `consumer_lag` gauge is refreshed (librdkafka statistics), in milliseconds.
+    #[arg(long, env = "KAFKA_STATISTICS_INTERVAL_MS", default_value_t = 5000)]
+    pub kafka_statistics_interval_ms: u32,
+}
+
+impl Config {
+    /// A configuration with every default, for in-process use (tests, embedding).
+    pub fn new(
+        kafka_brokers: impl Into<String>,
+        kafka_group_id: impl Into<String>,
+        kafka_topics: Vec<String>,
+        consumer_handler: HandlerKind,
+    ) -> Self {
+        Self {
+            kafka_brokers: kafka_brokers.into(),
+            kafka_group_id: kafka_group_id.into(),
+            kafka_topics,
+            consumer_handler,
+            database_url: None,
+            redis_url: None,
+            smtp_url: None,
+            dlq_topic: None,
+            max_retries: DEFAULT_MAX_RETRIES,
+            metrics_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            retry_base_backoff_ms: 100,
+            retry_max_backoff_ms: 5000,
+            mail_from: DEFAULT_MAIL_FROM.to_owned(),
+            cache_ttl_seconds: 3600,
+            cache_tombstone_ttl_seconds: 86_400,
+            kafka_session_timeout_ms: 10_000,
+            kafka_statistics_interval_ms: 5000,
+        }
+    }
+
+    /// Topics with surrounding blanks and empty entries removed.
+    pub fn topics(&self) -> Vec<String> {
+        self.kafka_topics
+            .iter()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
+    /// `DLQ_TOPIC`, or `<first topic>.dlq`.
+    pub fn dlq_topic(&self) -> String {
+        match &self.dlq_topic {
+            Some(topic) if !topic.trim().is_empty() => topic.trim().to_owned(),
+            _ => format!(
+                "{}.dlq",
+                self.topics()
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or(DEFAULT_TOPIC)
+            ),
+        }
+    }
+
+    /// Attempts per record, at least one.
+    pub fn attempts(&self) -> u32 {
+        self.max_retries.max(1)
+    }
+
+    /// The backoff schedule between attempts.
+    pub fn backoff(&self) -> crate::retry::Backoff {
+        crate::retry::Backoff::new(
+            Duration::from_millis(self.retry_base_backoff_ms),
+            Duration::from_millis(self.retry_max_backoff_ms),
+        )
+    }
+
+    /// Checks what parsing cannot: the handler's services are configured, names are not empty.
+    pub fn validate(&self) -> Result<(), Error> {
+        let missing = |var: &str, why: &str| {
+            Error::Config(format!(
+                "{var} is required by CONSUMER_HANDLER={} ({why})",
+                self.consumer_handler.as_str()
+            ))
+        };
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
+        if self.kafka_group_id.trim().is_empty() {
+            return Err(Error::Config("KAFKA_GROUP_ID must not be empty".into()));
+        }
+        if self.topics().is_empty() {
+            return Err(Error::Config(
+                "KAFKA_TOPICS must name at least one topic".into(),
+            ));
+        }
+        match self.consumer_handler {
+            HandlerKind::Audit | HandlerKind::Analytics if !set(&self.database_url) => {
+                return Err(missing("DATABASE_URL", "its effect is in PostgreSQL"));
+            }
+            HandlerKind::Email if !set(&self.database_url) => {
+                return Err(missing(
+                    "DATABASE_URL",
+                    "mails are de-duplicated in PostgreSQL",
+                ));
+            }
+            HandlerKind::Email if !set(&self.smtp_url) => {
+                return Err(missing("SMTP_URL", "mails are sent through it"));
+            }
+            HandlerKind::CacheRefresh if !set(&self.redis_url) => {
+                return Err(missing("REDIS_URL", "its effect is in Redis"));
+            }
+            _ => {}
+        }
+        if let Some(url) = &self.smtp_url
+            && self.consumer_handler == HandlerKind::Email
+        {
+            crate::handlers::email::SmtpSettings::parse(url)
+                .map_err(|e| Error::Config(format!("SMTP_URL: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn dlq_topic_defaults_to_first_topic_dot_dlq() {
+        let config = Config::new(
+            "b",
+            "g",
+            vec![" user-events ".into(), "other".into()],
+            HandlerKind::Audit,
+        );
+        assert_eq!(config.dlq_topic(), "user-events.dlq");
+        let config = Config {
+            dlq_topic: Some("dead".into()),
+            ..config
+        };
+        assert_eq!(config.dlq_topic(), "dead");
+    }
+
+    #[test]
+    fn email_without_smtp_url_is_refused_naming_the_variable() {
+        let config = Config {
+            database_url: Some("postgres://x/y".into()),
+            ..Config::new("b", "g", vec!["t".into()], HandlerKind::Email)
+        };
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("SMTP_URL"), "{message}");
+    }
+
+    #[test]
+    fn cache_refresh_needs_redis_and_audit_needs_a_database() {
+        let config = Config::new("b", "g", vec!["t".into()], HandlerKind::CacheRefresh);
+        assert!(config.validate().unwrap_err().to_string().contains("REDIS_URL"));
+        let config = Config::new("b", "g", vec!["t".into()], HandlerKind::Audit);
+        assert!(config.validate().unwrap_err().to_string().contains("DATABASE_URL"));
+    }
+
+    #[test]
+    fn topics_are_comma_separated_and_defaults_apply() {
+        let config = Config::try_parse_from([
+            "profile-consumer",
+            "--kafka-group-id",
+            "g",
+            "--consumer-handler",
+            "cache-refresh",
+            "--kafka-topics",
+            "a,b",
+        ])
+        .unwrap();
+        assert_eq!(config.topics(), vec!["a", "b"]);
+        assert_eq!(config.consumer_handler, HandlerKind::CacheRefresh);
+        assert_eq!(config.attempts(), DEFAULT_MAX_RETRIES);
+        assert_eq!(config.metrics_addr.port(), 9090);
+    }
+}
