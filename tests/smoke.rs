@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use statecast_testkit as kit;
 
 #[tokio::test]
@@ -46,7 +46,11 @@ async fn redis_round_trips_a_key() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let value: String = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+    let value: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(value, "hello");
 }
 

@@ -8,122 +8,36 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use statecast_system_tests::{OtlpReceiver, ReceivedSpan, Service, binary, free_port, wait_http_ok};
+use statecast_system_tests::system::{System, SystemOptions, TOPIC};
+use statecast_system_tests::{OtlpReceiver, ReceivedSpan};
 use statecast_testkit as kit;
 
-const TOPIC: &str = "user-events";
 const HANDLERS: [&str; 4] = ["audit", "analytics", "email", "cache-refresh"];
 // opentelemetry.proto.trace.v1.Span.SpanKind
 const KIND_SERVER: i32 = 2;
 const KIND_PRODUCER: i32 = 4;
 const KIND_CONSUMER: i32 = 5;
 
-struct System {
-    api: Service,
-    api_url: String,
-    consumers: Vec<Service>,
-    database_url: String,
-    broker: kit::PrivateBroker,
-    receiver: OtlpReceiver,
-    logs: std::path::PathBuf,
+async fn start(receiver: &OtlpReceiver) -> System {
+    System::start(SystemOptions {
+        otlp_endpoint: Some(receiver.endpoint()),
+        ..SystemOptions::default()
+    })
+    .await
+    .unwrap()
 }
 
-impl System {
-    async fn start() -> anyhow::Result<Self> {
-        let receiver = OtlpReceiver::start().await?;
-        let broker = kit::PrivateBroker::start().await?;
-        create_topics(&broker).await?;
-        let database_url = kit::fresh_database().await?;
-        let logs = std::env::temp_dir().join(kit::unique("statecast-trace"));
-        std::fs::create_dir_all(&logs)?;
-        let port = free_port()?;
-        let api_url = format!("http://127.0.0.1:{port}");
-        let api = Service::start(
-            &binary("profile-api")?,
-            &[
-                ("DATABASE_URL", database_url.clone()),
-                ("REDIS_URL", kit::redis_url()),
-                ("KAFKA_BROKERS", broker.brokers()),
-                ("EVENTS_TOPIC", TOPIC.into()),
-                ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
-                ("AUTH_DISABLED", "true".into()),
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
-                ("OTEL_SERVICE_NAME", "profile-api".into()),
-                ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
-                ("RUST_LOG", "info".into()),
-            ],
-            logs.join("profile-api.log"),
-        )?;
-        wait_http_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await?;
-        let mut system = Self {
-            api,
-            api_url,
-            consumers: Vec::new(),
-            database_url,
-            broker,
-            receiver,
-            logs,
-        };
-        system.start_consumers().await?;
-        Ok(system)
-    }
-
-    async fn start_consumers(&mut self) -> anyhow::Result<()> {
-        let group_prefix = kit::unique("trace");
-        for handler in HANDLERS {
-            let port = free_port()?;
-            let service = Service::start(
-                &binary("profile-consumer")?,
-                &[
-                    ("KAFKA_BROKERS", self.broker.brokers()),
-                    ("KAFKA_GROUP_ID", format!("{group_prefix}-{handler}")),
-                    ("KAFKA_TOPICS", TOPIC.into()),
-                    ("CONSUMER_HANDLER", handler.into()),
-                    ("DATABASE_URL", self.database_url.clone()),
-                    ("REDIS_URL", kit::redis_url()),
-                    ("SMTP_URL", kit::smtp_url()),
-                    ("METRICS_ADDR", format!("127.0.0.1:{port}")),
-                    ("OTEL_EXPORTER_OTLP_ENDPOINT", self.receiver.endpoint()),
-                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
-                    ("OTEL_SERVICE_NAME", format!("profile-consumer-{handler}")),
-                    ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
-                    ("RUST_LOG", "info".into()),
-                ],
-                self.logs.join(format!("consumer-{handler}.log")),
-            )?;
-            self.consumers.push(service);
-            wait_http_ok(
-                &format!("http://127.0.0.1:{port}/readyz"),
-                Duration::from_secs(60),
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    async fn put(&self, id: &str) -> anyhow::Result<()> {
-        let response = reqwest::Client::new()
-            .put(format!("{}/v1/profiles/{id}", self.api_url))
-            .header("content-type", "application/json")
-            .body(format!(
-                r#"{{"name":"Trace Test","email":"{id}@example.com","country":"PT"}}"#
-            ))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status().as_u16() == 201,
-            "PUT answered {}: {}",
-            response.status(),
-            response.text().await.unwrap_or_default()
-        );
-        Ok(())
-    }
-}
-
-async fn create_topics(broker: &kit::PrivateBroker) -> anyhow::Result<()> {
-    kit::create_topic(&broker.brokers(), TOPIC, 3).await?;
-    kit::create_topic(&broker.brokers(), &format!("{TOPIC}.dlq"), 1).await
+async fn put(system: &System, id: &str) {
+    let response = reqwest::Client::new()
+        .put(format!("{}/v1/profiles/{id}", system.api_url))
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"name":"Trace Test","email":"{id}@example.com","country":"PT"}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
 }
 
 /// The spans of the PUT's trace once the server span, a send span and one process span per
@@ -175,8 +89,7 @@ fn find_flow(spans: &[ReceivedSpan], id: &str) -> Option<Flow> {
 
 /// Checks parent links and messaging attributes of a complete flow.
 fn assert_flow_is_linked(flow: &Flow, id: &str) {
-    let by_id: HashMap<String, &ReceivedSpan> =
-        flow.all.iter().map(|s| (s.span_id(), s)).collect();
+    let by_id: HashMap<String, &ReceivedSpan> = flow.all.iter().map(|s| (s.span_id(), s)).collect();
     // The send span hangs under the request: walking its parents reaches the server span.
     for send in &flow.sends {
         let mut cursor = send.parent_span_id();
@@ -230,7 +143,9 @@ fn assert_flow_is_linked(flow: &Flow, id: &str) {
         assert!(offset >= 0);
         let message_id = attr("messaging.message.id").expect("message id attribute");
         assert_eq!(
-            uuid::Uuid::parse_str(&message_id).map(|u| u.get_version_num()).ok(),
+            uuid::Uuid::parse_str(&message_id)
+                .map(|u| u.get_version_num())
+                .ok(),
             Some(7),
             "messaging.message.id must be the event's UUIDv7, got {message_id}"
         );
@@ -244,17 +159,21 @@ fn assert_flow_is_linked(flow: &Flow, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_trace_runs_from_the_request_through_kafka_into_every_consumer() {
-    let system = System::start().await.unwrap();
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let system = start(&receiver).await;
     let id = kit::unique("trace").replace('-', "_");
-    system.put(&id).await.unwrap();
+    put(&system, &id).await;
 
-    let flow = system
-        .receiver
+    let flow = receiver
         .wait_for(Duration::from_secs(60), |spans| find_flow(spans, &id))
         .await
         .unwrap();
     assert_flow_is_linked(&flow, &id);
-    assert_eq!(flow.processes.len(), HANDLERS.len(), "no event processed twice");
+    assert_eq!(
+        flow.processes.len(),
+        HANDLERS.len(),
+        "no event processed twice"
+    );
 
     // Logs of the API and of every consumer carry the same trace id.
     let api_log = system.api.log_text();
@@ -265,9 +184,9 @@ async fn one_trace_runs_from_the_request_through_kafka_into_every_consumer() {
     );
     for consumer in &system.consumers {
         assert!(
-            consumer.log_text().contains(&flow.trace_id),
+            consumer.service.log_text().contains(&flow.trace_id),
             "{} lacks trace id {}",
-            consumer.log.display(),
+            consumer.service.log.display(),
             flow.trace_id
         );
     }
@@ -275,28 +194,28 @@ async fn one_trace_runs_from_the_request_through_kafka_into_every_consumer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_trace_survives_a_broker_outage_between_request_and_publish() {
-    let mut system = System::start().await.unwrap();
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let mut system = start(&receiver).await;
     // Stop the consumers first: the broker they joined is about to vanish.
-    for consumer in system.consumers.drain(..) {
-        consumer.stop(Duration::from_secs(30)).await.unwrap();
-    }
+    system.stop_consumers().await.unwrap();
     system.broker.kill().await;
 
     let id = kit::unique("outage").replace('-', "_");
-    system.put(&id).await.unwrap();
+    put(&system, &id).await;
     // The event waits in the outbox while the broker is down.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        find_flow(&system.receiver.spans(), &id).is_none(),
+        find_flow(&receiver.spans(), &id).is_none(),
         "nothing can have been consumed while the broker is down"
     );
 
     system.broker.restart().await.unwrap();
-    create_topics(&system.broker).await.unwrap();
-    system.start_consumers().await.unwrap();
+    system.create_topics().await.unwrap();
+    for handler in HANDLERS {
+        system.start_consumer(handler).await.unwrap();
+    }
 
-    let flow = system
-        .receiver
+    let flow = receiver
         .wait_for(Duration::from_secs(90), |spans| find_flow(spans, &id))
         .await
         .unwrap();

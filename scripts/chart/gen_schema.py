@@ -78,6 +78,8 @@ def ui_service(desc):
     return obj(desc, {"type": SERVICE_TYPE, "nodePort": NODE_PORT})
 
 
+DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+HOSTNAME = "^(\\*\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 POD_SC = free("Pod-level security context (a PodSecurityContext).")
 SC = free("Container security context (a SecurityContext).")
 PROBE = obj("Probe timing.", {
@@ -137,7 +139,7 @@ SCHEMA = {
         "logLevel": s("RUST_LOG filter.", minLength=1),
         "auth": obj("Edge security of the Profile API.", {
             "disabled": b("Accept requests without a token (demo only)."),
-            "hs256Secret": s("HS256 shared secret."),
+            "generateHs256Secret": b("Generate a random HS256 secret into the auth Secret (kept across upgrades)."),
             "jwksUrl": s("JWKS URL.", pattern="^(https?://.+)?$"),
             "issuer": s("Expected iss claim."),
             "audience": s("Expected aud claim."),
@@ -152,6 +154,12 @@ SCHEMA = {
             "replicaCount": i("Number of API pods (must be 0 or more).", 0),
             "cacheTtlSeconds": i("Cache TTL in seconds.", 1),
             "eventsTopic": s("Kafka topic for profile events.", minLength=1),
+            "rateLimit": obj("The API's in-process rate limit.", {
+                "perSecond": {"type": ["integer", "null"], "minimum": 1,
+                              "description": "RATE_LIMIT_PER_SECOND; null keeps the API default."},
+                "burst": {"type": ["integer", "null"], "minimum": 1,
+                          "description": "RATE_LIMIT_BURST; null keeps the API default."},
+            }),
             "extraEnv": ENV_LIST,
             "resources": resources(),
             "podAnnotations": free("Pod annotations."),
@@ -226,6 +234,40 @@ SCHEMA = {
             "podSecurityContext": POD_SC,
             "securityContext": SC,
             "service": obj("The operator's metrics Service.", {"port": i("Service port.", 1, 65535)}),
+        }),
+        "gateway": obj("API gateway: Gateway API resources plus Envoy Gateway JWT and rate-limit policies.", {
+            "enabled": b("Render the Gateway, HTTPRoute, SecurityPolicy and BackendTrafficPolicy."),
+            "className": s("GatewayClass name (Envoy Gateway's quickstart uses eg).", pattern=DNS_LABEL),
+            "createGatewayClass": b("Also render the GatewayClass."),
+            "controllerName": s("GatewayClass controller name.", pattern="^[a-z0-9.-]+/[A-Za-z0-9/._-]+$"),
+            "listener": obj("The Gateway listener.", {
+                "port": i("Listener port (1-65535).", 1, 65535),
+                "protocol": s("Listener protocol.", enum=["HTTP", "HTTPS"]),
+                "tlsSecretName": s("TLS Secret for HTTPS."),
+            }),
+            "hostnames": {"type": "array", "description": "Host names served (lower-case DNS names, optionally *.-prefixed).",
+                          "items": s("A host name such as api.example.com.", pattern=HOSTNAME)},
+            "annotations": {"type": "object", "description": "Gateway annotations.",
+                            "additionalProperties": {"type": "string"}},
+            "jwt": obj("JWT authentication at the gateway (SecurityPolicy).", {
+                "providerName": s("JWT provider name.", minLength=1, maxLength=253),
+                "issuer": s("Expected iss claim; empty means not checked.", maxLength=253),
+                "audiences": {"type": "array", "maxItems": 8, "description": "Accepted aud claims (at most 8).",
+                              "items": s("An audience.", minLength=1)},
+                "remoteJwksUri": s("JWKS URI (http:// or https://); empty means auth.jwksUrl.",
+                                   pattern="^(https?://.+)?$", maxLength=253),
+                "localJwksConfigMap": s("ConfigMap holding the JWKS under key jwks.", pattern="^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$"),
+                "optional": b("Let requests without a token through."),
+                "subjectHeader": s("Header receiving the sub claim.", pattern="^[a-z0-9][a-z0-9-]*$"),
+            }),
+            "rateLimit": obj("Per-client rate limiting (BackendTrafficPolicy).", {
+                "enabled": b("Render the BackendTrafficPolicy."),
+                "type": s("Local (per Envoy replica) or Global (shared, needs Envoy Gateway's rate-limit service with Redis).",
+                          enum=["Local", "Global"]),
+                "clientKey": s("What identifies a client: jwtSub or sourceIP.", enum=["jwtSub", "sourceIP"]),
+                "requests": i("Requests per unit per client (at least 1).", 1),
+                "unit": s("Rate-limit unit.", enum=["Second", "Minute", "Hour"]),
+            }),
         }),
         "consumers": {"type": "array", "description": "ProfileConsumer resources to render.",
                       "items": CONSUMER},

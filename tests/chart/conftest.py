@@ -23,6 +23,7 @@ SCENARIOS = {
     "external": ["-f", str(VALUES / "external.yaml")],
     "autoscaling": ["-f", str(VALUES / "autoscaling.yaml")],
     "kind": ["-f", str(CHART / "values-kind.yaml")],
+    "gateway": ["-f", str(VALUES / "gateway.yaml")],
 }
 
 HELM_ENV = {"helm3": "STATECAST_HELM3", "helm4": "STATECAST_HELM4"}

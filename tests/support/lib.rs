@@ -3,9 +3,12 @@
 //! `profile-consumer` binaries as processes.
 //!
 //! # Layout
+//! - [`system`]: the API and the consumers as processes on a private broker ([`system::System`]).
 //! - [`OtlpReceiver`]: collects every span exported to it, with its service name.
 //! - [`Service`]: a running binary with its log file; killed on drop.
 //! - [`binary`], [`free_port`], [`wait_http_ok`].
+
+pub mod system;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -236,7 +239,10 @@ pub async fn wait_http_ok(url: &str, timeout: Duration) -> anyhow::Result<()> {
     loop {
         if let Ok(stream) = tokio::net::TcpStream::connect(host_port(url)?).await {
             drop(stream);
-            if http_get_status(url).await.is_ok_and(|s| (200..300).contains(&s)) {
+            if http_get_status(url)
+                .await
+                .is_ok_and(|s| (200..300).contains(&s))
+            {
                 return Ok(());
             }
         }
@@ -248,7 +254,9 @@ pub async fn wait_http_ok(url: &str, timeout: Duration) -> anyhow::Result<()> {
 }
 
 fn host_port(url: &str) -> anyhow::Result<String> {
-    let rest = url.strip_prefix("http://").context("http:// URL expected")?;
+    let rest = url
+        .strip_prefix("http://")
+        .context("http:// URL expected")?;
     Ok(rest.split('/').next().unwrap_or(rest).to_owned())
 }
 
@@ -262,7 +270,9 @@ async fn http_get_status(url: &str) -> anyhow::Result<u16> {
         .unwrap_or("/");
     let mut stream = tokio::net::TcpStream::connect(&host).await?;
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await?;
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).await?;

@@ -158,6 +158,48 @@ Name of the Secret with the API's AUTH_* settings.
 {{- end }}
 
 {{/*
+Non-empty when the chart should create the auth Secret: some AUTH_* key is configured.
+*/}}
+{{- define "statecast.authSecretWanted" -}}
+{{- $a := .Values.auth }}
+{{- if or $a.existingSecret $a.generateHs256Secret $a.jwksUrl $a.issuer $a.audience }}true{{ end }}
+{{- end }}
+
+{{/*
+Name of the edge objects (Gateway, HTTPRoute, SecurityPolicy, BackendTrafficPolicy).
+*/}}
+{{- define "statecast.gatewayName" -}}
+{{- include "statecast.componentName" (dict "root" . "component" "gateway") }}
+{{- end }}
+
+{{/*
+The JWKS URI the gateway fetches keys from: gateway.jwt.remoteJwksUri, else auth.jwksUrl.
+Empty when the gateway reads a local JWKS from a ConfigMap.
+*/}}
+{{- define "statecast.gatewayJwksUri" -}}
+{{- default .Values.auth.jwksUrl .Values.gateway.jwt.remoteJwksUri }}
+{{- end }}
+
+{{/*
+Checks the gateway values that the schema cannot express; fails naming the value to set.
+*/}}
+{{- define "statecast.validateGateway" -}}
+{{- $g := .Values.gateway }}
+{{- if $g.enabled }}
+{{- $uri := include "statecast.gatewayJwksUri" . }}
+{{- if and (not $uri) (not $g.jwt.localJwksConfigMap) }}
+{{- fail "gateway.enabled is true but the gateway has no JWT keys: set gateway.jwt.remoteJwksUri (https://issuer/.well-known/jwks.json), auth.jwksUrl or gateway.jwt.localJwksConfigMap" }}
+{{- end }}
+{{- if and $g.jwt.remoteJwksUri $g.jwt.localJwksConfigMap }}
+{{- fail "gateway.jwt.remoteJwksUri and gateway.jwt.localJwksConfigMap are both set: Envoy Gateway takes exactly one JWKS source per provider" }}
+{{- end }}
+{{- if and $g.rateLimit.enabled (eq $g.rateLimit.clientKey "jwtSub") $g.jwt.optional }}
+{{- fail "gateway.rateLimit.clientKey=jwtSub needs gateway.jwt.optional=false: without a required token a client can send its own x-jwt-sub header and pick its rate-limit bucket; use clientKey=sourceIP with optional tokens" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 Checks values that the schema cannot express; fails with a message naming the value to set.
 Included by every template that depends on them so that `helm template` fails early.
 */}}
@@ -178,9 +220,10 @@ Included by every template that depends on them so that `helm template` fails ea
 {{- if and .Values.redis.enabled .Values.redis.auth.existingSecret (not $existing) }}
 {{- fail "redis.auth.existingSecret is set, so the chart cannot build REDIS_URL: also set connectionSecret.existingSecret to a Secret holding DATABASE_URL, REDIS_URL and SMTP_URL" }}
 {{- end }}
-{{- if and (not .Values.auth.disabled) (not .Values.auth.existingSecret) (not .Values.auth.hs256Secret) (not .Values.auth.jwksUrl) }}
-{{- fail "auth.disabled is false but no key is configured: set auth.hs256Secret, auth.jwksUrl or auth.existingSecret (or auth.disabled=true for a demo)" }}
+{{- if and (not .Values.auth.disabled) (not .Values.auth.existingSecret) (not .Values.auth.generateHs256Secret) (not .Values.auth.jwksUrl) }}
+{{- fail "auth.disabled is false but no key is configured: set auth.jwksUrl, auth.existingSecret or auth.generateHs256Secret=true (or auth.disabled=true for a demo)" }}
 {{- end }}
+{{- include "statecast.validateGateway" . }}
 {{- $names := list }}
 {{- range .Values.consumers }}
 {{- if has .name $names }}

@@ -8,8 +8,9 @@
 //! 5. writes the status (replicas, lag, conditions) and records Events on scale changes and
 //!    failures.
 //!
-//! Every resource is requeued after [`RESYNC`] (lag changes without any watch event); failures are
-//! requeued with a per-resource exponential backoff.
+//! A resource being deleted is left alone: its Deployment goes with it through the owner reference
+//! (no finalizer). Every other resource is requeued after [`RESYNC`] (lag changes without any
+//! watch event); failures are requeued with a per-resource exponential backoff.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -313,6 +314,11 @@ async fn refuse(
 }
 
 async fn reconcile_inner(pc: &ProfileConsumer, ctx: &Context) -> Result<Action> {
+    if pc.meta().deletion_timestamp.is_some() {
+        // Being deleted: the garbage collector removes the Deployment through its owner
+        // reference; applying it now would only recreate it.
+        return Ok(Action::await_change());
+    }
     let namespace = pc.namespace_or_err()?;
     let name = pc.name_any();
     let consumers: Api<ProfileConsumer> = Api::namespaced(ctx.client.clone(), &namespace);

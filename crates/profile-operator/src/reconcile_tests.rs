@@ -416,6 +416,18 @@ async fn deployment_is_left_to_garbage_collection_through_its_owner_reference() 
 }
 
 #[tokio::test]
+async fn resource_being_deleted_is_left_to_garbage_collection() {
+    let mut pc = resource("audit", spec());
+    pc.metadata.deletion_timestamp = Some(seconds_ago(1));
+    // The API server stays up but never answers: any request would hit the timeout.
+    let (ctx, _api_server) = context(lag(0, 1));
+    let result = tokio::time::timeout(Duration::from_secs(1), reconcile(Arc::new(pc), ctx))
+        .await
+        .expect("reconcile made a request");
+    assert_eq!(result.unwrap(), Action::await_change());
+}
+
+#[tokio::test]
 async fn unchanged_resource_is_applied_again_identically_without_events() {
     // Server-side apply is idempotent: the same body is sent on every resync, which also puts
     // back a hand edit of a managed field.

@@ -228,7 +228,10 @@ mod tests {
 
     #[test]
     fn checked_in_json_schema_matches_the_rust_type() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/profile-event.schema.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schemas/profile-event.schema.json"
+        );
         let on_disk = std::fs::read_to_string(path).unwrap_or_default();
         assert!(
             on_disk == json_schema(),

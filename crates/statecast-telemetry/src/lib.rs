@@ -124,7 +124,9 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, Error> {
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     match config.log_format {
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().event_format(logfmt::JsonWithTraceIds::default()))
+            .with(
+                tracing_subscriber::fmt::layer().event_format(logfmt::JsonWithTraceIds::default()),
+            )
             .try_init()?,
         LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init()?,
     }

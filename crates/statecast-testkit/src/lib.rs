@@ -202,7 +202,13 @@ impl PrivateBroker {
         let bin = tansu_bin();
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = tokio::process::Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -239,7 +245,13 @@ fn tansu_bin() -> PathBuf {
     }
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        });
     let bin = cargo_home.join("bin/tansu");
-    if bin.exists() { bin } else { PathBuf::from("tansu") }
+    if bin.exists() {
+        bin
+    } else {
+        PathBuf::from("tansu")
+    }
 }

@@ -1,0 +1,117 @@
+//! Configuration: every knob is a `--flag` and an environment variable (see `.env.sample`), and
+//! [`Config::for_tests`] builds one in code with small timeouts for the test suites.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Settings of one API replica.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "profile-api", version, about = "The Statecast Profile API")]
+pub struct Config {
+    /// PostgreSQL, the source of truth.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://statecast:statecast@127.0.0.1:5432/statecast"
+    )]
+    pub database_url: String,
+    /// Redis, the read cache.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Topic the relay publishes profile events to.
+    #[arg(long, env = "EVENTS_TOPIC", default_value = "user-events")]
+    pub events_topic: String,
+    /// HTTP listen address.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: SocketAddr,
+    /// Soft TTL of a cached profile; each fill gets ±10 % jitter.
+    #[arg(long, env = "CACHE_TTL_SECONDS", default_value_t = 3600)]
+    pub cache_ttl_seconds: u64,
+    /// How long past its soft expiry an entry may still be served (`x-cache: stale`) while it is
+    /// refreshed in the background.
+    #[arg(long, env = "CACHE_STALE_GRACE_SECONDS", default_value_t = 60)]
+    pub cache_stale_grace_seconds: u64,
+    /// TTL of "no such profile" entries.
+    #[arg(long, env = "CACHE_NEGATIVE_TTL_SECONDS", default_value_t = 30)]
+    pub cache_negative_ttl_seconds: u64,
+    /// XFetch beta: above 1 refreshes earlier, below 1 later.
+    #[arg(long, env = "CACHE_XFETCH_BETA", default_value_t = 1.0)]
+    pub cache_xfetch_beta: f64,
+    /// TTL of the cross-replica fill lock (`SET NX PX`).
+    #[arg(long, env = "CACHE_LOCK_TTL_MS", default_value_t = 2000)]
+    pub cache_lock_ttl_ms: u64,
+    /// Time limit of a single Redis command; a dead Redis costs at most this per request.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 200)]
+    pub redis_timeout_ms: u64,
+    /// Whole-request time limit (503 problem when exceeded).
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// Maximum PostgreSQL connections of the pool.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 10)]
+    pub db_pool_size: u32,
+    /// How long a request waits for a PostgreSQL connection before answering 503.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 3000)]
+    pub db_acquire_timeout_ms: u64,
+    /// Relay polling fallback when no NOTIFY arrives (and standby leader-lock retry period).
+    #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub relay_poll_interval_ms: u64,
+    /// Outbox rows taken per relay batch.
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 200)]
+    pub relay_batch_size: i64,
+    /// librdkafka `message.timeout.ms`: how long a publish may take before the relay retries.
+    #[arg(long, env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_message_timeout_ms: u64,
+}
+
+impl Config {
+    /// A configuration for tests: given services, an ephemeral port, short timeouts and a fast
+    /// relay poll.
+    pub fn for_tests(database_url: &str, redis_url: &str, brokers: &str, topic: &str) -> Self {
+        Self {
+            database_url: database_url.to_owned(),
+            redis_url: redis_url.to_owned(),
+            kafka_brokers: brokers.to_owned(),
+            events_topic: topic.to_owned(),
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            cache_ttl_seconds: 3600,
+            cache_stale_grace_seconds: 60,
+            cache_negative_ttl_seconds: 30,
+            cache_xfetch_beta: 1.0,
+            cache_lock_ttl_ms: 2000,
+            redis_timeout_ms: 200,
+            request_timeout_ms: 10_000,
+            db_pool_size: 10,
+            db_acquire_timeout_ms: 1000,
+            relay_poll_interval_ms: 100,
+            relay_batch_size: 200,
+            kafka_message_timeout_ms: 5000,
+        }
+    }
+
+    pub(crate) fn cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.cache_ttl_seconds)
+    }
+    pub(crate) fn stale_grace(&self) -> Duration {
+        Duration::from_secs(self.cache_stale_grace_seconds)
+    }
+    pub(crate) fn negative_ttl(&self) -> Duration {
+        Duration::from_secs(self.cache_negative_ttl_seconds)
+    }
+    pub(crate) fn lock_ttl(&self) -> Duration {
+        Duration::from_millis(self.cache_lock_ttl_ms)
+    }
+    pub(crate) fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub(crate) fn relay_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.relay_poll_interval_ms)
+    }
+}

@@ -1,0 +1,246 @@
+//! The read path, in one place: Redis first, PostgreSQL on a miss, then a fill. Stampede
+//! protection has five parts:
+//! 1. coalescing: one load per key in flight per replica ([`Inflight`]);
+//! 2. a short Redis lock (`SET NX PX`) so one replica loads while the others poll the cache;
+//! 3. XFetch probabilistic early refresh (see [`crate::cache::xfetch_due`]);
+//! 4. stale-while-revalidate: past its soft expiry an entry is served as `stale` for a grace
+//!    period while one background refresh runs;
+//! 5. negative entries for unknown ids (superseded by a write's invalidation).
+//!
+//! Freshness: a write removes its key from [`Inflight`] after commit, so later readers never join
+//! a load that started before it, and its invalidation marker carries the new version: a reader
+//! that saw a marker at version N refuses any coalesced result older than N and reloads.
+//! Redis errors never fail a read: it falls back to PostgreSQL with `x-cache: bypass`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+
+use crate::AppState;
+use crate::cache::{Kind, now_ms, xfetch_due};
+use crate::metrics::CacheResult;
+use crate::store::{self, Loaded, StoreError};
+
+/// How many times a replica without the fill lock looks at the cache before loading itself.
+const LOCK_POLLS: u32 = 10;
+
+type SharedLoad = Shared<BoxFuture<'static, Result<Option<Loaded>, StoreError>>>;
+
+/// Loads in flight on this replica, by mode and id.
+#[derive(Default)]
+pub(crate) struct Inflight {
+    loads: Mutex<HashMap<(Mode, String), (u64, SharedLoad)>>,
+    next: AtomicU64,
+}
+
+impl Inflight {
+    /// Forgets the loads of `id` so later readers start fresh ones (called after a write).
+    pub(crate) fn forget(&self, id: &str) {
+        if let Ok(mut loads) = self.loads.lock() {
+            for mode in [Mode::Fill, Mode::Bypass, Mode::Refresh] {
+                loads.remove(&(mode, id.to_owned()));
+            }
+        }
+    }
+
+    fn finish(&self, key: &(Mode, String), load_id: u64) {
+        if let Ok(mut loads) = self.loads.lock()
+            && loads.get(key).is_some_and(|(id, _)| *id == load_id)
+        {
+            loads.remove(key);
+        }
+    }
+}
+
+/// What the shared load does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Mode {
+    /// Cache miss: lock, load, fill.
+    Fill,
+    /// Redis down: load only.
+    Bypass,
+    /// Background refresh of a stale or XFetch-due entry; skipped if another replica holds the lock.
+    Refresh,
+}
+
+/// A profile read and how it was answered.
+#[derive(Debug, Clone)]
+pub(crate) struct Read {
+    pub(crate) loaded: Loaded,
+    pub(crate) result: CacheResult,
+}
+
+/// Reads profile `id` through the cache.
+#[tracing::instrument(name = "read profile", skip(state))]
+pub(crate) async fn get(state: &Arc<AppState>, id: &str) -> Result<Read, StoreError> {
+    let now = now_ms();
+    let read = match state.cache.get(id).await {
+        Err(error) => {
+            tracing::debug!(%error, "cache unavailable, bypassing");
+            let loaded = required(shared(state, id, Mode::Bypass).await?)?;
+            Read {
+                loaded,
+                result: CacheResult::Bypass,
+            }
+        }
+        Ok(None) => miss(state, id, 0).await?,
+        Ok(Some(entry)) => match entry.k {
+            Kind::Invalidated => miss(state, id, entry.v).await?,
+            Kind::Profile | Kind::Negative if entry.is_fresh(now) => {
+                let r = 1.0 - rand::random::<f64>();
+                if entry.k == Kind::Profile
+                    && xfetch_due(now, entry.soft, entry.delta, state.config.cache_xfetch_beta, r)
+                {
+                    refresh_in_background(state, id);
+                }
+                let result = if entry.k == Kind::Profile {
+                    CacheResult::Hit
+                } else {
+                    CacheResult::Negative
+                };
+                Read {
+                    loaded: entry.loaded(),
+                    result,
+                }
+            }
+            Kind::Profile => {
+                refresh_in_background(state, id);
+                Read {
+                    loaded: entry.loaded(),
+                    result: CacheResult::Stale,
+                }
+            }
+            Kind::Negative => miss(state, id, entry.v).await?,
+        },
+    };
+    state.metrics.cache_lookup(read.result);
+    Ok(read)
+}
+
+/// A miss: join or start the shared load; if it is older than what the cache already told us
+/// exists (`min_version`), load again directly.
+async fn miss(state: &Arc<AppState>, id: &str, min_version: i64) -> Result<Read, StoreError> {
+    let mut loaded = required(shared(state, id, Mode::Fill).await?)?;
+    if loaded.version < min_version {
+        loaded = db_load(state, id).await?;
+    }
+    Ok(Read {
+        loaded,
+        result: CacheResult::Miss,
+    })
+}
+
+fn required(loaded: Option<Loaded>) -> Result<Loaded, StoreError> {
+    loaded.ok_or_else(|| StoreError::Internal("shared load returned nothing".to_owned()))
+}
+
+fn refresh_in_background(state: &Arc<AppState>, id: &str) {
+    let state = state.clone();
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        if let Err(error) = shared(&state, &id, Mode::Refresh).await {
+            tracing::debug!(%error, "background refresh failed");
+        }
+    });
+}
+
+/// Joins the load of `(mode, id)` in flight on this replica, or starts one. The load runs in its
+/// own task so a caller that goes away does not cancel it for the others.
+async fn shared(
+    state: &Arc<AppState>,
+    id: &str,
+    mode: Mode,
+) -> Result<Option<Loaded>, StoreError> {
+    let key = (mode, id.to_owned());
+    let load = {
+        let mut loads = state
+            .inflight
+            .loads
+            .lock()
+            .map_err(|_| StoreError::Internal("in-flight map poisoned".to_owned()))?;
+        match loads.get(&key) {
+            Some((_, load)) => load.clone(),
+            None => {
+                let load_id = state.inflight.next.fetch_add(1, Ordering::Relaxed);
+                let task_state = state.clone();
+                let task_key = key.clone();
+                let parent = tracing::Span::current();
+                let task = tokio::spawn(async move {
+                    let result = lead(&task_state, &task_key.1, task_key.0).await;
+                    task_state.inflight.finish(&task_key, load_id);
+                    result
+                });
+                let _ = parent;
+                let load = async move {
+                    task.await
+                        .unwrap_or_else(|e| Err(StoreError::Internal(format!("load task: {e}"))))
+                }
+                .boxed()
+                .shared();
+                loads.insert(key, (load_id, load.clone()));
+                load
+            }
+        }
+    };
+    load.await
+}
+
+/// The one load of a key on this replica.
+async fn lead(state: &Arc<AppState>, id: &str, mode: Mode) -> Result<Option<Loaded>, StoreError> {
+    if mode == Mode::Bypass {
+        return db_load(state, id).await.map(Some);
+    }
+    let token = uuid::Uuid::now_v7().to_string();
+    let locked = match state.cache.try_lock(id, &token).await {
+        Ok(locked) => locked,
+        // Redis just went away: answer from PostgreSQL, skip the fill.
+        Err(_) => return db_load(state, id).await.map(Some),
+    };
+    if mode == Mode::Refresh && !locked {
+        // Another replica is refreshing it already.
+        return Ok(None);
+    }
+    if locked && mode == Mode::Fill {
+        // Someone may have filled it between our miss and our lock.
+        if let Ok(Some(entry)) = state.cache.get(id).await
+            && entry.is_fresh(now_ms())
+        {
+            let _ = state.cache.unlock(id, &token).await;
+            return Ok(Some(entry.loaded()));
+        }
+    }
+    if !locked {
+        // Another replica is loading: wait briefly for its fill, serving stale if that is all
+        // there is, then give up and load ourselves.
+        let pause = (state.cache.lock_ttl() / (2 * LOCK_POLLS)).max(Duration::from_millis(5));
+        for _ in 0..LOCK_POLLS {
+            tokio::time::sleep(pause).await;
+            if let Ok(Some(entry)) = state.cache.get(id).await
+                && entry.is_servable(now_ms())
+            {
+                return Ok(Some(entry.loaded()));
+            }
+        }
+    }
+    let started = Instant::now();
+    let loaded = db_load(state, id).await;
+    if let Ok(loaded) = &loaded
+        && let Err(error) = state.cache.fill(id, loaded, started.elapsed()).await
+    {
+        tracing::debug!(%error, "cache fill failed");
+    }
+    if locked {
+        let _ = state.cache.unlock(id, &token).await;
+    }
+    loaded.map(Some)
+}
+
+async fn db_load(state: &Arc<AppState>, id: &str) -> Result<Loaded, StoreError> {
+    state.metrics.db_load();
+    store::load(&state.pool, id).await
+}

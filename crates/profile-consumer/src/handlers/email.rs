@@ -1,0 +1,301 @@
+//! `email`: a "your profile changed" mail per applied event, to the profile's address (for a
+//! delete, whose event carries no address, to the last address seen for the user, kept in
+//! `email_recipient`; with none known, nothing is sent and the event counts as processed).
+//!
+//! # Never two mails for one event (almost)
+//! SMTP cannot join a database transaction, so the handler works in three steps:
+//! 1. one transaction claims the event (`processed_event`), moves `applied_version` and reserves
+//!    the mail in `email_outbox` with status `sending`;
+//! 2. the mail is sent, with `Message-ID: <event-id@statecast>`;
+//! 3. the outbox row is marked `sent`.
+//!
+//! A redelivered event whose row is `sent` is a duplicate; one whose row is still `sending`
+//! (the send failed, or the process died in between) is sent again. That is the one unavoidable
+//! window: a crash after the SMTP server accepted the mail and before step 3 commits yields a
+//! second delivery — with the same Message-ID, which mail systems use to drop duplicates. The
+//! opposite failure (a lost mail) cannot happen: the reservation is durable before sending.
+
+use std::time::Duration;
+
+use lettre::message::{Mailbox, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use sqlx::{PgConnection, PgPool};
+use statecast_events::{EventType, ProfileEvent};
+use uuid::Uuid;
+
+use super::{Delivery, HandlerError, Outcome};
+use crate::store::{self, VersionDecision};
+
+/// Where and how to reach the SMTP server, from `SMTP_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpSettings {
+    /// Host name or address.
+    pub host: String,
+    /// Port, 25 unless given.
+    pub port: u16,
+    /// User name and password, if the URL has them (not percent-decoded).
+    pub credentials: Option<(String, String)>,
+}
+
+impl SmtpSettings {
+    /// Parses `smtp://[user:password@]host[:port][/]`. Plain SMTP only: the sink and in-cluster
+    /// relays need no TLS, and none of the TLS features are compiled in.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .trim()
+            .strip_prefix("smtp://")
+            .ok_or_else(|| format!("{url:?} must start with smtp:// (TLS is not supported)"))?;
+        let rest = rest.trim_end_matches('/');
+        let (credentials, host_port) = match rest.rsplit_once('@') {
+            Some((userinfo, host_port)) => {
+                let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                (Some((user.to_owned(), password.to_owned())), host_port)
+            }
+            None => (None, rest),
+        };
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| format!("{port:?} is not a port number"))?;
+                (host, port)
+            }
+            _ => (host_port, 25),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(format!("{url:?} has no host"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            credentials,
+        })
+    }
+}
+
+/// The email handler.
+#[derive(Debug, Clone)]
+pub struct Email {
+    pool: PgPool,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl Email {
+    /// An email handler sending through `smtp` from `from`, de-duplicating in `pool` (migrated).
+    pub fn new(pool: PgPool, smtp: &SmtpSettings, from: &str) -> Result<Self, crate::Error> {
+        let from: Mailbox = from
+            .parse()
+            .map_err(|e| crate::Error::Config(format!("MAIL_FROM {from:?}: {e}")))?;
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
+            .port(smtp.port)
+            .timeout(Some(Duration::from_secs(10)));
+        if let Some((user, password)) = &smtp.credentials {
+            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+        }
+        Ok(Self {
+            pool,
+            transport: builder.build(),
+            from,
+        })
+    }
+
+    /// Mails the user about `delivery` once (see the module docs for the one exception).
+    #[tracing::instrument(name = "email", skip_all, fields(event.id = %delivery.event.id), err)]
+    pub async fn handle(&self, delivery: Delivery<'_>) -> Result<Outcome, HandlerError> {
+        let event = delivery.event;
+        let mut tx = self.pool.begin().await?;
+        if !store::claim_event(&mut tx, delivery.group, event.id).await? {
+            let pending: Option<String> = sqlx::query_scalar(
+                "select recipient from email_outbox \
+                 where consumer_group = $1 and event_id = $2 and status = 'sending'",
+            )
+            .bind(delivery.group)
+            .bind(event.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return match pending {
+                Some(recipient) => {
+                    tracing::info!(%recipient, "resending a mail whose delivery was not confirmed");
+                    self.send_and_mark(delivery, &recipient).await?;
+                    Ok(Outcome::Processed)
+                }
+                None => Ok(Outcome::Duplicate),
+            };
+        }
+        if store::advance_version(&mut tx, delivery.group, &event.subject, event.profileversion)
+            .await?
+            == VersionDecision::Stale
+        {
+            tx.commit().await?;
+            return Ok(Outcome::Stale);
+        }
+        let Some(recipient) = recipient(&mut tx, event).await? else {
+            tracing::info!(user.id = %event.subject, "no known address: nothing to send");
+            tx.commit().await?;
+            return Ok(Outcome::Processed);
+        };
+        // Refuse a malformed address before reserving, so it is dead-lettered, not retried.
+        recipient
+            .parse::<Mailbox>()
+            .map_err(|e| HandlerError::Rejected(format!("recipient {recipient:?}: {e}")))?;
+        sqlx::query(
+            "insert into email_outbox (consumer_group, event_id, recipient, message_id, status) \
+             values ($1, $2, $3, $4, 'sending')",
+        )
+        .bind(delivery.group)
+        .bind(event.id)
+        .bind(&recipient)
+        .bind(message_id(event.id))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.send_and_mark(delivery, &recipient).await?;
+        Ok(Outcome::Processed)
+    }
+
+    async fn send_and_mark(
+        &self,
+        delivery: Delivery<'_>,
+        recipient: &str,
+    ) -> Result<(), HandlerError> {
+        let message = compose(&self.from, recipient, delivery.event)?;
+        self.send(message).await?;
+        sqlx::query(
+            "update email_outbox set status = 'sent', sent_at = now() \
+             where consumer_group = $1 and event_id = $2",
+        )
+        .bind(delivery.group)
+        .bind(delivery.event.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "smtp send", skip_all, err)]
+    async fn send(&self, message: Message) -> Result<(), HandlerError> {
+        self.transport.send(message).await?;
+        Ok(())
+    }
+}
+
+/// The address to mail about `event`, remembering it for a later deletion notice.
+#[tracing::instrument(skip_all, err)]
+async fn recipient(
+    tx: &mut PgConnection,
+    event: &ProfileEvent,
+) -> Result<Option<String>, sqlx::Error> {
+    match (&event.event_type, &event.data.email) {
+        (EventType::UserDeleted, _) | (_, None) => {
+            sqlx::query_scalar("select email from email_recipient where user_id = $1")
+                .bind(&event.subject)
+                .fetch_optional(&mut *tx)
+                .await
+        }
+        (_, Some(email)) => {
+            sqlx::query(
+                "insert into email_recipient (user_id, email, version) values ($1, $2, $3) \
+                 on conflict (user_id) do update set email = excluded.email, version = excluded.version \
+                 where email_recipient.version < excluded.version",
+            )
+            .bind(&event.subject)
+            .bind(email)
+            .bind(event.profileversion)
+            .execute(&mut *tx)
+            .await?;
+            Ok(Some(email.clone()))
+        }
+    }
+}
+
+/// `<event-id@statecast>`: the same for every delivery attempt of one event.
+pub fn message_id(event_id: Uuid) -> String {
+    format!("<{event_id}@statecast>")
+}
+
+/// The mail about `event`.
+pub fn compose(from: &Mailbox, to: &str, event: &ProfileEvent) -> Result<Message, HandlerError> {
+    let to: Mailbox = to
+        .parse()
+        .map_err(|e| HandlerError::Rejected(format!("recipient {to:?}: {e}")))?;
+    let (subject, what) = match event.event_type {
+        EventType::UserCreated => ("Welcome to Statecast", "was created"),
+        EventType::UserUpdated => ("Your Statecast profile changed", "was changed"),
+        EventType::UserDeleted => ("Your Statecast profile was deleted", "was deleted"),
+    };
+    let name = event.data.name.as_deref().unwrap_or(&event.subject);
+    let body = format!(
+        "Hello {name},\n\nyour Statecast profile {what} at {} (version {}).\n\n\
+         If this was not you, please contact support.\n",
+        event.time.to_rfc3339(),
+        event.profileversion,
+    );
+    Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(subject)
+        .message_id(Some(message_id(event.id)))
+        .header(ContentType::TEXT_PLAIN)
+        .body(body)
+        .map_err(|e| HandlerError::Rejected(format!("cannot build the mail: {e}")))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smtp_urls_give_host_port_and_credentials() {
+        assert_eq!(
+            SmtpSettings::parse("smtp://127.0.0.1:2525").unwrap(),
+            SmtpSettings {
+                host: "127.0.0.1".into(),
+                port: 2525,
+                credentials: None
+            }
+        );
+        assert_eq!(SmtpSettings::parse("smtp://mail.local/").unwrap().port, 25);
+        let with_user = SmtpSettings::parse("smtp://bob:s3cret@relay:587").unwrap();
+        assert_eq!(with_user.host, "relay");
+        assert_eq!(with_user.port, 587);
+        assert_eq!(
+            with_user.credentials,
+            Some(("bob".into(), "s3cret".into()))
+        );
+        assert_eq!(SmtpSettings::parse("smtp://[::1]:25").unwrap().host, "::1");
+    }
+
+    #[test]
+    fn unsupported_or_broken_smtp_urls_are_refused() {
+        assert!(SmtpSettings::parse("smtps://relay:465").is_err());
+        assert!(SmtpSettings::parse("http://relay").is_err());
+        assert!(SmtpSettings::parse("smtp://relay:notaport").is_err());
+        assert!(SmtpSettings::parse("smtp://").is_err());
+    }
+
+    #[test]
+    fn the_message_id_is_derived_from_the_event_id() {
+        let id = Uuid::now_v7();
+        let from: Mailbox = crate::config::DEFAULT_MAIL_FROM.parse().unwrap();
+        let event = ProfileEvent::new(
+            EventType::UserUpdated,
+            statecast_events::ProfileSnapshot {
+                id: "u".into(),
+                name: Some("U".into()),
+                email: Some("u@example.com".into()),
+                country: None,
+                version: 2,
+                updated_at: None,
+            },
+            chrono::Utc::now(),
+        );
+        let message = compose(&from, "u@example.com", &event).unwrap();
+        let text = String::from_utf8(message.formatted()).unwrap();
+        assert!(text.contains(&format!("Message-ID: <{}@statecast>", event.id)), "{text}");
+        assert_eq!(message_id(id), format!("<{id}@statecast>"));
+    }
+}

@@ -1,0 +1,237 @@
+//! The whole local system as real processes: one `profile-api` and one `profile-consumer` per
+//! handler, each in its own consumer group, wired to a fresh database, the stack's Redis and SMTP
+//! sink, and a broker of the test's own (so it can be paused or killed without touching others).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use statecast_testkit as kit;
+
+use crate::{Service, binary, free_port, wait_http_ok};
+
+/// The topic every system uses; on a private broker the real name costs nothing.
+pub const TOPIC: &str = "user-events";
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct SystemOptions {
+    /// Consumer handlers to run, one process (and group) each.
+    pub handlers: Vec<&'static str>,
+    /// OTLP endpoint for every process, if traces are collected.
+    pub otlp_endpoint: Option<String>,
+    /// Partitions of the events topic.
+    pub partitions: i32,
+    /// `host:port` the API should use for PostgreSQL instead of the stack's (a fault proxy).
+    pub api_database_addr: Option<String>,
+    /// `host:port` the API should use for Redis instead of the stack's (a fault proxy).
+    pub api_redis_addr: Option<String>,
+}
+
+impl Default for SystemOptions {
+    fn default() -> Self {
+        Self {
+            handlers: vec!["audit", "analytics", "email", "cache-refresh"],
+            otlp_endpoint: None,
+            partitions: 3,
+            api_database_addr: None,
+            api_redis_addr: None,
+        }
+    }
+}
+
+/// A consumer process with its handler, group and metrics URL.
+pub struct Consumer {
+    /// `audit`, `analytics`, `email` or `cache-refresh`.
+    pub handler: &'static str,
+    /// Its consumer group.
+    pub group: String,
+    /// `http://127.0.0.1:PORT` of its `/metrics`, `/readyz`.
+    pub url: String,
+    /// The process.
+    pub service: Service,
+}
+
+/// A running system.
+pub struct System {
+    /// The API process.
+    pub api: Service,
+    /// `http://127.0.0.1:PORT`.
+    pub api_url: String,
+    /// One per handler.
+    pub consumers: Vec<Consumer>,
+    /// The system's own database.
+    pub database_url: String,
+    /// The system's own broker.
+    pub broker: kit::PrivateBroker,
+    /// Where process logs go.
+    pub logs: PathBuf,
+    options: SystemOptions,
+    group_prefix: String,
+}
+
+impl System {
+    /// Starts the broker, the API and the consumers, and waits until all are ready.
+    pub async fn start(options: SystemOptions) -> anyhow::Result<Self> {
+        let broker = kit::PrivateBroker::start().await?;
+        create_topics(&broker, options.partitions).await?;
+        let database_url = kit::fresh_database().await?;
+        let logs = std::env::temp_dir().join(kit::unique("statecast-system"));
+        std::fs::create_dir_all(&logs)?;
+        let port = free_port()?;
+        let api_url = format!("http://127.0.0.1:{port}");
+        let api_database_url = match &options.api_database_addr {
+            Some(addr) => replace_host_port(&database_url, addr),
+            None => database_url.clone(),
+        };
+        let api_redis_url = match &options.api_redis_addr {
+            Some(addr) => format!("redis://{addr}"),
+            None => kit::redis_url(),
+        };
+        let mut env = vec![
+            ("DATABASE_URL", api_database_url),
+            ("REDIS_URL", api_redis_url),
+            ("KAFKA_BROKERS", broker.brokers()),
+            ("EVENTS_TOPIC", TOPIC.to_owned()),
+            ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("AUTH_DISABLED", "true".to_owned()),
+            ("OTEL_SERVICE_NAME", "profile-api".to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+        ];
+        push_otlp(&mut env, &options.otlp_endpoint);
+        let api = Service::start(&binary("profile-api")?, &env, logs.join("profile-api.log"))?;
+        wait_http_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await?;
+        let mut system = Self {
+            api,
+            api_url,
+            consumers: Vec::new(),
+            database_url,
+            broker,
+            logs,
+            group_prefix: kit::unique("sys"),
+            options,
+        };
+        for handler in system.options.handlers.clone() {
+            system.start_consumer(handler).await?;
+        }
+        Ok(system)
+    }
+
+    /// Starts (or restarts) the consumer for `handler` in its group and waits until ready.
+    pub async fn start_consumer(&mut self, handler: &'static str) -> anyhow::Result<()> {
+        let port = free_port()?;
+        let group = format!("{}-{handler}", self.group_prefix);
+        let mut env = vec![
+            ("KAFKA_BROKERS", self.broker.brokers()),
+            ("KAFKA_GROUP_ID", group.clone()),
+            ("KAFKA_TOPICS", TOPIC.to_owned()),
+            ("CONSUMER_HANDLER", handler.to_owned()),
+            ("DATABASE_URL", self.database_url.clone()),
+            ("REDIS_URL", kit::redis_url()),
+            ("SMTP_URL", kit::smtp_url()),
+            ("METRICS_ADDR", format!("127.0.0.1:{port}")),
+            ("OTEL_SERVICE_NAME", format!("profile-consumer-{handler}")),
+            ("RUST_LOG", "info".to_owned()),
+        ];
+        push_otlp(&mut env, &self.options.otlp_endpoint);
+        let log = self
+            .logs
+            .join(format!("consumer-{handler}-{}.log", kit::unique("run")));
+        let service = Service::start(&binary("profile-consumer")?, &env, log)?;
+        let url = format!("http://127.0.0.1:{port}");
+        wait_http_ok(&format!("{url}/readyz"), Duration::from_secs(60)).await?;
+        self.consumers.retain(|c| c.handler != handler);
+        self.consumers.push(Consumer {
+            handler,
+            group,
+            url,
+            service,
+        });
+        Ok(())
+    }
+
+    /// The running consumer for `handler`.
+    pub fn consumer(&self, handler: &str) -> Option<&Consumer> {
+        self.consumers.iter().find(|c| c.handler == handler)
+    }
+
+    /// Stops every consumer with SIGTERM.
+    pub async fn stop_consumers(&mut self) -> anyhow::Result<()> {
+        for consumer in self.consumers.drain(..) {
+            consumer.service.stop(Duration::from_secs(30)).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-creates the topics, e.g. after the (memory-backed) broker was restarted.
+    pub async fn create_topics(&self) -> anyhow::Result<()> {
+        create_topics(&self.broker, self.options.partitions).await
+    }
+
+    /// A connection pool to the system's database.
+    pub async fn pool(&self) -> anyhow::Result<sqlx::PgPool> {
+        Ok(sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&self.database_url)
+            .await?)
+    }
+}
+
+async fn create_topics(broker: &kit::PrivateBroker, partitions: i32) -> anyhow::Result<()> {
+    kit::create_topic(&broker.brokers(), TOPIC, partitions).await?;
+    kit::create_topic(&broker.brokers(), &format!("{TOPIC}.dlq"), 1).await
+}
+
+fn push_otlp(env: &mut Vec<(&'static str, String)>, endpoint: &Option<String>) {
+    if let Some(endpoint) = endpoint {
+        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()));
+        env.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()));
+        env.push(("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()));
+    }
+}
+
+/// `postgres://u:p@HOST:PORT/db` with another `host:port`.
+fn replace_host_port(url: &str, addr: &str) -> String {
+    let Some((scheme_auth, rest)) = url.split_once('@') else {
+        return url.to_owned();
+    };
+    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
+    format!("{scheme_auth}@{addr}{path}")
+}
+
+/// Value of a Prometheus sample (`name{labels} value`) whose name and labels contain every
+/// string in `matches`; 0 when absent.
+pub fn metric(text: &str, name: &str, matches: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.split(['{', ' ']).next() == Some(name) && matches.iter().all(|m| l.contains(m))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// GET `url` and return the body (for `/metrics`).
+pub async fn get_text(url: &str) -> anyhow::Result<String> {
+    Ok(reqwest::get(url).await?.text().await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_host_is_replaced() {
+        assert_eq!(
+            replace_host_port("postgres://u:p@127.0.0.1:5432/db", "127.0.0.1:4000"),
+            "postgres://u:p@127.0.0.1:4000/db"
+        );
+    }
+
+    #[test]
+    fn metric_sums_matching_samples() {
+        let text = "# HELP x\nconsumer_records_total{result=\"stale\"} 2\nconsumer_records_total{result=\"processed\"} 5\n";
+        assert_eq!(metric(text, "consumer_records_total", &["stale"]), 2.0);
+        assert_eq!(metric(text, "consumer_records_total", &[]), 7.0);
+        assert_eq!(metric(text, "missing", &[]), 0.0);
+    }
+}
