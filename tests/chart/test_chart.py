@@ -249,13 +249,15 @@ def test_duplicate_consumer_names_fail(helm):
 
 # --- RBAC ----------------------------------------------------------------------------------------
 
+# Exactly the calls the operator makes (crates/profile-operator/RBAC.md, checked by its mocked
+# API server tests).
 EXPECTED_OPERATOR_RULES = {
     ("ClusterRole", "statecast.dev", "profileconsumers", ("get", "list", "watch"), ()),
-    ("ClusterRole", "statecast.dev", "profileconsumers/status", ("get", "patch", "update"), ()),
-    ("ClusterRole", "apps", "deployments", ("create", "get", "list", "patch", "update", "watch"), ()),
+    ("ClusterRole", "statecast.dev", "profileconsumers/status", ("patch",), ()),
+    ("ClusterRole", "apps", "deployments", ("create", "delete", "list", "patch", "watch"), ()),
     ("ClusterRole", "events.k8s.io", "events", ("create", "patch"), ()),
     ("ClusterRole", "apiextensions.k8s.io", "customresourcedefinitions", ("get",), (CRD_NAME,)),
-    ("Role", "coordination.k8s.io", "leases", ("create", "get", "update"), ()),
+    ("Role", "coordination.k8s.io", "leases", ("create", "get", "patch"), ()),
 }
 
 

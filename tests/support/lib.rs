@@ -227,6 +227,11 @@ impl Service {
             .context("did not exit after SIGTERM")??)
     }
 
+    /// Kills the process with SIGKILL: no shutdown code runs.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// The log written so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

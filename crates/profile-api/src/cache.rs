@@ -312,9 +312,7 @@ impl Cache {
     /// Whether Redis answers.
     pub(crate) async fn ping(&self) -> Result<(), CacheError> {
         let mut conn = self.conn.clone();
-        let _: String = self
-            .run(redis::cmd("PING").query_async(&mut conn))
-            .await?;
+        let _: String = self.run(redis::cmd("PING").query_async(&mut conn)).await?;
         Ok(())
     }
 

@@ -1,1 +1,199 @@
-//! profile-api
+//! The Statecast Profile API: user profiles over HTTP, PostgreSQL as the source of truth, Redis
+//! as a read-through cache with stampede protection, and a transactional outbox relayed to Kafka
+//! as CloudEvents (`statecast-events`).
+//!
+//! Why this shape: the cache is an optimisation that may fail or lag (reads then go to
+//! PostgreSQL), while the outbox makes "the change happened" and "the event will be published"
+//! one atomic fact, so a broker outage delays events but never loses them or fails a write.
+//!
+//! # Layout
+//! - [`config`]: [`Config`], every knob as flag + env var (`.env.sample` lists them).
+//! - [`routes`] (private handlers): router, handlers, layers (server spans, metrics, timeout,
+//!   body limit), problem-aware extractors.
+//! - [`problem`]: [`problem::ApiError`], the one error enum, as RFC 9457 problem+json.
+//! - [`model`]: [`model::Profile`] and [`model::ProfileInput`], the JSON shapes.
+//! - `validate`: pure input checks (ids, fields, merge patch, ETags).
+//! - `cache`: Redis entries, compare-and-set fills/invalidations (Lua), fill lock, XFetch, jitter.
+//! - `read`: the read path with coalescing, lock, XFetch, stale-while-revalidate, negative cache.
+//! - `store`: PostgreSQL reads and the write transaction (change + outbox row).
+//! - `relay`: the single-leader outbox relay to Kafka.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`openapi`]: the generated OpenAPI 3.1 document.
+//!
+//! # Use from tests
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use tokio_util::sync::CancellationToken;
+//! let config = profile_api::Config::for_tests(
+//!     "postgres://statecast:statecast@127.0.0.1:5432/t_x", "redis://127.0.0.1:6379",
+//!     "127.0.0.1:9092", "user-events-test");
+//! let app = profile_api::build(config).await?;
+//! let shutdown = CancellationToken::new();
+//! let relay = app.spawn_relay(shutdown.clone());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! let server = tokio::spawn(app.clone().serve(listener, shutdown.clone()));
+//! // ... talk HTTP to addr ...
+//! shutdown.cancel();
+//! # let _ = (relay, server, addr); Ok(()) }
+//! ```
+
+pub mod config;
+pub mod metrics;
+pub mod model;
+pub mod openapi;
+pub mod problem;
+mod store;
+
+mod cache;
+mod read;
+mod relay;
+mod routes;
+mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use cache::CacheError;
+pub use config::Config;
+pub use metrics::Metrics;
+pub use routes::BODY_LIMIT;
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// PostgreSQL unreachable at start.
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The Redis URL is invalid.
+    #[error("cannot set up the Redis client: {0}")]
+    Cache(#[from] cache::CacheError),
+    /// Serving HTTP failed.
+    #[error("HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Shared by every handler and the relay.
+pub(crate) struct AppState {
+    pub(crate) config: Config,
+    pub(crate) pool: PgPool,
+    pub(crate) cache: cache::Cache,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) inflight: read::Inflight,
+}
+
+impl AppState {
+    /// After a commit: forget in-flight loads of `id` and mark the cache entry invalid at
+    /// `version`. Redis failures are retried in the background, never fail the write.
+    pub(crate) async fn after_write(self: &Arc<Self>, id: &str, version: i64) {
+        self.inflight.forget(id);
+        if let Err(error) = self.cache.invalidate(id, version).await {
+            tracing::warn!(%error, id, version, "cache invalidation failed; retrying in background");
+            let state = self.clone();
+            let id = id.to_owned();
+            tokio::spawn(async move {
+                for attempt in 1..=10u32 {
+                    tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+                    if state.cache.invalidate(&id, version).await.is_ok() {
+                        return;
+                    }
+                }
+                tracing::error!(
+                    id,
+                    version,
+                    "cache invalidation gave up; entry expires by TTL"
+                );
+            });
+        }
+    }
+}
+
+/// One API replica: HTTP router, relay and their shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    state: Arc<AppState>,
+}
+
+/// Runs the migrations of this crate (versions 1xxxx), ignoring other crates' rows in the shared
+/// `_sqlx_migrations` table.
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    let mut migrator = sqlx::migrate!();
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// Connects to PostgreSQL (which must be up), runs the migrations, and sets up the lazily
+/// connecting Redis client. Kafka is only contacted by the relay.
+pub async fn build(config: Config) -> Result<App> {
+    let pool = PgPoolOptions::new()
+        .max_connections(config.db_pool_size)
+        .acquire_timeout(Duration::from_millis(config.db_acquire_timeout_ms))
+        .connect(&config.database_url)
+        .await?;
+    migrate(&pool).await?;
+    let ttls = cache::CacheTtls {
+        ttl: config.cache_ttl(),
+        grace: config.stale_grace(),
+        negative: config.negative_ttl(),
+        lock: config.lock_ttl(),
+        marker: (config.request_timeout() * 3).max(Duration::from_secs(30)),
+    };
+    let cache = cache::Cache::new(&config.redis_url, config.redis_timeout(), ttls)?;
+    Ok(App {
+        state: Arc::new(AppState {
+            config,
+            pool,
+            cache,
+            metrics: Arc::new(Metrics::new()),
+            inflight: read::Inflight::default(),
+        }),
+    })
+}
+
+impl App {
+    /// The HTTP API, for `tower::ServiceExt::oneshot` or a server.
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.state.clone())
+    }
+
+    /// Starts the outbox relay; it stops (after finishing its batch) when `shutdown` fires.
+    pub fn spawn_relay(&self, shutdown: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(relay::run(self.state.clone(), shutdown))
+    }
+
+    /// Serves HTTP on `listener` until `shutdown`, then drains in-flight requests.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await?;
+        Ok(())
+    }
+
+    /// The PostgreSQL pool (tests inspect the outbox with it).
+    pub fn pool(&self) -> &PgPool {
+        &self.state.pool
+    }
+
+    /// This replica's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.state.config
+    }
+}

@@ -181,7 +181,10 @@ fn problem_response(status: StatusCode, problem: Problem) -> Response {
     let body = serde_json::to_vec(&problem).unwrap_or_default();
     let mut response = (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        )],
         body,
     )
         .into_response();

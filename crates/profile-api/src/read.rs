@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use tracing::Instrument;
 
 use crate::AppState;
 use crate::cache::{Kind, now_ms, xfetch_due};
@@ -94,7 +95,13 @@ pub(crate) async fn get(state: &Arc<AppState>, id: &str) -> Result<Read, StoreEr
             Kind::Profile | Kind::Negative if entry.is_fresh(now) => {
                 let r = 1.0 - rand::random::<f64>();
                 if entry.k == Kind::Profile
-                    && xfetch_due(now, entry.soft, entry.delta, state.config.cache_xfetch_beta, r)
+                    && xfetch_due(
+                        now,
+                        entry.soft,
+                        entry.delta,
+                        state.config.cache_xfetch_beta,
+                        r,
+                    )
                 {
                     refresh_in_background(state, id);
                 }
@@ -151,11 +158,7 @@ fn refresh_in_background(state: &Arc<AppState>, id: &str) {
 
 /// Joins the load of `(mode, id)` in flight on this replica, or starts one. The load runs in its
 /// own task so a caller that goes away does not cancel it for the others.
-async fn shared(
-    state: &Arc<AppState>,
-    id: &str,
-    mode: Mode,
-) -> Result<Option<Loaded>, StoreError> {
+async fn shared(state: &Arc<AppState>, id: &str, mode: Mode) -> Result<Option<Loaded>, StoreError> {
     let key = (mode, id.to_owned());
     let load = {
         let mut loads = state
@@ -169,13 +172,14 @@ async fn shared(
                 let load_id = state.inflight.next.fetch_add(1, Ordering::Relaxed);
                 let task_state = state.clone();
                 let task_key = key.clone();
-                let parent = tracing::Span::current();
-                let task = tokio::spawn(async move {
-                    let result = lead(&task_state, &task_key.1, task_key.0).await;
-                    task_state.inflight.finish(&task_key, load_id);
-                    result
-                });
-                let _ = parent;
+                let task = tokio::spawn(
+                    async move {
+                        let result = lead(&task_state, &task_key.1, task_key.0).await;
+                        task_state.inflight.finish(&task_key, load_id);
+                        result
+                    }
+                    .instrument(tracing::Span::current()),
+                );
                 let load = async move {
                     task.await
                         .unwrap_or_else(|e| Err(StoreError::Internal(format!("load task: {e}"))))

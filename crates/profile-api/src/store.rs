@@ -15,7 +15,7 @@ use crate::validate::{self, EtagCondition};
 
 /// What went wrong in the store.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     /// PostgreSQL cannot be reached (pool timeout, I/O error, server shutting down).
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -72,16 +72,16 @@ impl From<StoreError> for ApiError {
 /// deleted profile, 0 for one that never existed). Negative cache entries carry that version so
 /// a later create's invalidation supersedes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     /// The profile, unless absent or deleted.
-    pub profile: Option<Profile>,
+    pub(crate) profile: Option<Profile>,
     /// Version of the row (0 when there is none).
-    pub version: i64,
+    pub(crate) version: i64,
 }
 
 /// A requested change.
 #[derive(Debug, Clone)]
-pub enum Change {
+pub(crate) enum Change {
     /// Create or replace.
     Put(ProfileInput),
     /// RFC 7396 merge patch of the writable fields.
@@ -92,13 +92,13 @@ pub enum Change {
 
 /// A committed change.
 #[derive(Debug, Clone)]
-pub struct Written {
+pub(crate) struct Written {
     /// The profile after the change (`None` after a delete).
-    pub profile: Option<Profile>,
+    pub(crate) profile: Option<Profile>,
     /// Version after the change.
-    pub version: i64,
+    pub(crate) version: i64,
     /// Whether the change created the profile.
-    pub created: bool,
+    pub(crate) created: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -135,7 +135,7 @@ const SELECT: &str =
 
 /// Reads one profile.
 #[tracing::instrument(name = "db load profile", skip(pool), fields(otel.kind = "client", db.system.name = "postgresql"))]
-pub async fn load(pool: &PgPool, id: &str) -> Result<Loaded, StoreError> {
+pub(crate) async fn load(pool: &PgPool, id: &str) -> Result<Loaded, StoreError> {
     let row: Option<Row> = sqlx::query_as(SELECT).bind(id).fetch_optional(pool).await?;
     Ok(row.map(Row::live).unwrap_or(Loaded {
         profile: None,
@@ -145,7 +145,7 @@ pub async fn load(pool: &PgPool, id: &str) -> Result<Loaded, StoreError> {
 
 /// Applies `change` in one transaction with its outbox row.
 #[tracing::instrument(name = "db write transaction", skip(pool, change, if_match), fields(otel.kind = "client", db.system.name = "postgresql"))]
-pub async fn write(
+pub(crate) async fn write(
     pool: &PgPool,
     id: &str,
     change: Change,
@@ -182,11 +182,12 @@ pub async fn write(
         (Change::Put(input), Some(_)) => (Some(input), EventType::UserUpdated),
         (Change::Put(input), None) => (Some(input), EventType::UserCreated),
         (Change::Patch(patch), Some(profile)) => {
-            let input =
-                validate::apply_merge_patch(&profile.input_json(), &patch).map_err(|e| match e {
+            let input = validate::apply_merge_patch(&profile.input_json(), &patch).map_err(
+                |e| match e {
                     ApiError::Validation(errors) => StoreError::Rejected(errors),
                     other => StoreError::Internal(other.to_string()),
-                })?;
+                },
+            )?;
             (Some(input), EventType::UserUpdated)
         }
         (Change::Delete, Some(_)) => (None, EventType::UserDeleted),
@@ -263,16 +264,8 @@ pub async fn write(
     })
 }
 
-/// Unpublished outbox rows.
-pub async fn outbox_pending(pool: &PgPool) -> Result<i64, StoreError> {
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        .fetch_one(pool)
-        .await?;
-    Ok(n)
-}
-
 /// Whether PostgreSQL answers.
-pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
+pub(crate) async fn ping(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::query("SELECT 1").execute(pool).await?;
     Ok(())
 }

@@ -189,28 +189,38 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let err = profile_input(&json!({"name": "", "email": "nope", "country": "XX"})).unwrap_err();
+        let err =
+            profile_input(&json!({"name": "", "email": "nope", "country": "XX"})).unwrap_err();
         assert_eq!(fields(err), ["name", "email", "country"]);
         let err = profile_input(&json!({"name": "A", "email": "a@b.c", "country": "pt"}));
         assert_eq!(fields(err.unwrap_err()), ["country"]);
-        let err = profile_input(&json!({"name": "x".repeat(201), "email": "a@b.c", "country": "PT"}));
+        let err =
+            profile_input(&json!({"name": "x".repeat(201), "email": "a@b.c", "country": "PT"}));
         assert_eq!(fields(err.unwrap_err()), ["name"]);
     }
 
     #[test]
     fn unknown_missing_mistyped_and_server_fields_are_named() {
-        let err = profile_input(&json!({"name": 5, "email": "a@b.c", "nickname": "x"})).unwrap_err();
+        let err =
+            profile_input(&json!({"name": 5, "email": "a@b.c", "nickname": "x"})).unwrap_err();
         let mut got = fields(err);
         got.sort();
         assert_eq!(got, ["country", "name", "nickname"]);
-        let err = profile_input(&json!({"name": "A", "email": "a@b.c", "country": "PT", "version": 3}));
+        let err =
+            profile_input(&json!({"name": "A", "email": "a@b.c", "country": "PT", "version": 3}));
         assert_eq!(fields(err.unwrap_err()), ["version"]);
-        assert!(matches!(profile_input(&json!([1])), Err(ApiError::MalformedJson(_))));
+        assert!(matches!(
+            profile_input(&json!([1])),
+            Err(ApiError::MalformedJson(_))
+        ));
     }
 
     #[test]
     fn malformed_json_is_400() {
-        assert!(matches!(parse_json(b"{\"name\":"), Err(ApiError::MalformedJson(_))));
+        assert!(matches!(
+            parse_json(b"{\"name\":"),
+            Err(ApiError::MalformedJson(_))
+        ));
     }
 
     #[test]
@@ -230,7 +240,10 @@ mod tests {
 
     #[test]
     fn etag_headers_parse_strong_weak_lists_and_star() {
-        assert_eq!(EtagCondition::parse("\"3\""), EtagCondition::Versions(vec![3]));
+        assert_eq!(
+            EtagCondition::parse("\"3\""),
+            EtagCondition::Versions(vec![3])
+        );
         assert_eq!(
             EtagCondition::parse("W/\"1\", \"2\" ,junk"),
             EtagCondition::Versions(vec![1, 2])

@@ -263,9 +263,21 @@ mod tests {
     #[test]
     fn cache_refresh_needs_redis_and_audit_needs_a_database() {
         let config = Config::new("b", "g", vec!["t".into()], HandlerKind::CacheRefresh);
-        assert!(config.validate().unwrap_err().to_string().contains("REDIS_URL"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("REDIS_URL")
+        );
         let config = Config::new("b", "g", vec!["t".into()], HandlerKind::Audit);
-        assert!(config.validate().unwrap_err().to_string().contains("DATABASE_URL"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("DATABASE_URL")
+        );
     }
 
     #[test]

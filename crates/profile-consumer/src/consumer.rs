@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use prometheus_client::registry::Registry;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
@@ -87,8 +89,7 @@ async fn consume(
         ready,
         metrics: metrics.clone(),
     };
-    let consumer: StreamConsumer<Context> =
-        consumer_config(config).create_with_context(context)?;
+    let consumer: StreamConsumer<Context> = consumer_config(config).create_with_context(context)?;
     let producer: FutureProducer = producer_config(config).create()?;
     let topics = config.topics();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -170,7 +171,9 @@ fn consumer_config(config: &Config) -> ClientConfig {
         )
         .set(
             "heartbeat.interval.ms",
-            (config.kafka_session_timeout_ms / 6).clamp(100, 3000).to_string(),
+            (config.kafka_session_timeout_ms / 6)
+                .clamp(100, 3000)
+                .to_string(),
         )
         .set(
             "statistics.interval.ms",
@@ -303,7 +306,12 @@ impl Worker {
             if attempt >= self.attempts {
                 tracing::error!(error = %error, attempt, "giving up on the record");
                 return self
-                    .dead_letter(message, Reason::RetriesExhausted, error.to_string(), attempt)
+                    .dead_letter(
+                        message,
+                        Reason::RetriesExhausted,
+                        error.to_string(),
+                        attempt,
+                    )
                     .await;
             }
             let pause = self.backoff.delay(attempt);

@@ -33,7 +33,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.ready.load(Ordering::Relaxed) {
         "ready".into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not yet in the consumer group").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not yet in the consumer group",
+        )
+            .into_response()
     }
 }
 

@@ -143,8 +143,17 @@ mod tests {
         metrics.observe_handler(0.01);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains(r#"consumer_records_total{result="processed"} 2"#), "{text}");
-        assert!(text.contains(r#"consumer_records_total{result="stale"} 1"#), "{text}");
-        assert!(text.contains("consumer_handler_duration_seconds_count 1"), "{text}");
+        assert!(
+            text.contains(r#"consumer_records_total{result="processed"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"consumer_records_total{result="stale"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("consumer_handler_duration_seconds_count 1"),
+            "{text}"
+        );
     }
 }

@@ -83,6 +83,9 @@ mod tests {
             None
         );
         assert_eq!(trace_id_from_traceparent("garbage"), None);
-        assert_eq!(trace_id_from_traceparent("00-4bf9-00f067aa0ba902b7-01"), None);
+        assert_eq!(
+            trace_id_from_traceparent("00-4bf9-00f067aa0ba902b7-01"),
+            None
+        );
     }
 }

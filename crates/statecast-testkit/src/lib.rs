@@ -232,6 +232,25 @@ impl PrivateBroker {
         }
     }
 
+    /// Freezes the broker process (SIGSTOP): connections stay open but nothing answers, as in a
+    /// long GC pause or a partition. Unlike [`PrivateBroker::kill`], its log survives.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused broker (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.child.as_ref().and_then(tokio::process::Child::id) {
+            let _ = std::process::Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
+    }
+
     /// Starts a new, empty broker on the same port.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await;

@@ -117,12 +117,10 @@ async fn apply_state(tx: &mut PgConnection, event: &ProfileEvent) -> sqlx::Resul
     let new = after.counts_in();
     if old != new {
         if let Some(country) = old {
-            sqlx::query(
-                "update analytics_country set profiles = profiles - 1 where country = $1",
-            )
-            .bind(country)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("update analytics_country set profiles = profiles - 1 where country = $1")
+                .bind(country)
+                .execute(&mut *tx)
+                .await?;
         }
         if let Some(country) = new {
             sqlx::query(

@@ -31,8 +31,13 @@ impl Audit {
         if !store::claim_event(&mut tx, delivery.group, event.id).await? {
             return Ok(Outcome::Duplicate);
         }
-        if store::advance_version(&mut tx, delivery.group, &event.subject, event.profileversion)
-            .await?
+        if store::advance_version(
+            &mut tx,
+            delivery.group,
+            &event.subject,
+            event.profileversion,
+        )
+        .await?
             == VersionDecision::Stale
         {
             tx.commit().await?;

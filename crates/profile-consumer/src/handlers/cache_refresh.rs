@@ -106,7 +106,9 @@ impl CacheRefresh {
         let value = match event.event_type {
             EventType::UserDeleted => String::new(),
             EventType::UserCreated | EventType::UserUpdated => serde_json::to_string(&event.data)
-                .map_err(|e| HandlerError::Rejected(format!("snapshot not serializable: {e}")))?,
+                .map_err(|e| {
+                HandlerError::Rejected(format!("snapshot not serializable: {e}"))
+            })?,
         };
         let mut redis = self.redis.clone();
         let answer: i64 = self

@@ -126,8 +126,13 @@ impl Email {
                 None => Ok(Outcome::Duplicate),
             };
         }
-        if store::advance_version(&mut tx, delivery.group, &event.subject, event.profileversion)
-            .await?
+        if store::advance_version(
+            &mut tx,
+            delivery.group,
+            &event.subject,
+            event.profileversion,
+        )
+        .await?
             == VersionDecision::Stale
         {
             tx.commit().await?;
@@ -262,10 +267,7 @@ mod tests {
         let with_user = SmtpSettings::parse("smtp://bob:s3cret@relay:587").unwrap();
         assert_eq!(with_user.host, "relay");
         assert_eq!(with_user.port, 587);
-        assert_eq!(
-            with_user.credentials,
-            Some(("bob".into(), "s3cret".into()))
-        );
+        assert_eq!(with_user.credentials, Some(("bob".into(), "s3cret".into())));
         assert_eq!(SmtpSettings::parse("smtp://[::1]:25").unwrap().host, "::1");
     }
 
@@ -295,7 +297,10 @@ mod tests {
         );
         let message = compose(&from, "u@example.com", &event).unwrap();
         let text = String::from_utf8(message.formatted()).unwrap();
-        assert!(text.contains(&format!("Message-ID: <{}@statecast>", event.id)), "{text}");
+        assert!(
+            text.contains(&format!("Message-ID: <{}@statecast>", event.id)),
+            "{text}"
+        );
         assert_eq!(message_id(id), format!("<{id}@statecast>"));
     }
 }

@@ -119,7 +119,10 @@ impl Handler {
             HandlerKind::Audit => Self::Audit(audit::Audit::new(pool().await?)),
             HandlerKind::Analytics => Self::Analytics(analytics::Analytics::new(pool().await?)),
             HandlerKind::Email => {
-                let url = config.smtp_url.as_deref().ok_or_else(|| missing("SMTP_URL"))?;
+                let url = config
+                    .smtp_url
+                    .as_deref()
+                    .ok_or_else(|| missing("SMTP_URL"))?;
                 let settings = email::SmtpSettings::parse(url)
                     .map_err(|e| crate::Error::Config(format!("SMTP_URL: {e}")))?;
                 Self::Email(email::Email::new(
