@@ -17,6 +17,9 @@ dev: ## start the local stack, then run the Profile API and the four consumers (
 test: ## start the stack, then fmt, clippy, every Rust test against the real services, chart checks
 	scripts/test
 
+chaos: ## the full reliability suite (faults, load, bad input) and its table
+	scripts/chaos
+
 stack-up: ## start PostgreSQL, Redis, the broker and the SMTP sink on loopback (idempotent)
 	scripts/stack up
 
@@ -42,4 +45,4 @@ kind-e2e: ## end-to-end check against the kind cluster
 kind-down: ## delete the kind cluster
 	scripts/kind-down
 
-.PHONY: help dev test stack-up stack-down stack-status crd chart-check kind-up kind-e2e kind-down
+.PHONY: help dev test chaos stack-up stack-down stack-status crd chart-check kind-up kind-e2e kind-down

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// Creates a unique topic with `partitions` partitions and its dead-letter topic.
-pub async fn topic(prefix: &str, partitions: i32) -> String {
+pub(crate) async fn topic(prefix: &str, partitions: i32) -> String {
     let brokers = statecast_testkit::kafka_brokers();
     let name = statecast_testkit::unique(prefix);
     statecast_testkit::create_topic(&brokers, &name, partitions)
@@ -27,13 +27,13 @@ pub async fn topic(prefix: &str, partitions: i32) -> String {
 }
 
 /// A free loopback address for a consumer's HTTP endpoints.
-pub fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     probe.local_addr().unwrap()
 }
 
 /// A consumer configuration with fast group timings, for `topic` and a unique group.
-pub fn config(topic: &str, handler: HandlerKind, database_url: Option<&str>) -> Config {
+pub(crate) fn config(topic: &str, handler: HandlerKind, database_url: Option<&str>) -> Config {
     let mut config = Config::new(
         statecast_testkit::kafka_brokers(),
         statecast_testkit::unique(handler.as_str()),
@@ -49,14 +49,14 @@ pub fn config(topic: &str, handler: HandlerKind, database_url: Option<&str>) -> 
 }
 
 /// A consumer running in this process.
-pub struct Running {
-    pub addr: SocketAddr,
+pub(crate) struct Running {
+    pub(crate) addr: SocketAddr,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), profile_consumer::Error>>,
 }
 
 impl Running {
-    pub fn start(config: Config) -> Self {
+    pub(crate) fn start(config: Config) -> Self {
         let shutdown = CancellationToken::new();
         let addr = config.metrics_addr;
         let task = tokio::spawn(profile_consumer::run(config, shutdown.clone()));
@@ -68,13 +68,13 @@ impl Running {
     }
 
     /// Starts and waits until the consumer joined its group.
-    pub async fn ready(config: Config) -> Self {
+    pub(crate) async fn ready(config: Config) -> Self {
         let running = Self::start(config);
         running.wait_ready().await;
         running
     }
 
-    pub async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         let addr = self.addr;
         wait_until("consumer ready", Duration::from_secs(30), || async move {
             http_get(addr, "/readyz")
@@ -84,13 +84,15 @@ impl Running {
         .await;
     }
 
-    /// A metric's value from `/metrics` (0 when absent).
-    pub async fn metric(&self, series: &str) -> f64 {
-        let (_, body) = http_get(self.addr, "/metrics").await.unwrap();
-        metric_value(&body, series).unwrap_or(0.0)
+    /// A metric's value from `/metrics` (0 when absent or not serving yet).
+    pub(crate) async fn metric(&self, series: &str) -> f64 {
+        match http_get(self.addr, "/metrics").await {
+            Ok((_, body)) => metric_value(&body, series).unwrap_or(0.0),
+            Err(_) => 0.0,
+        }
     }
 
-    pub async fn wait_metric(&self, series: &str, at_least: f64) {
+    pub(crate) async fn wait_metric(&self, series: &str, at_least: f64) {
         let what = format!("{series} >= {at_least}");
         wait_until(&what, Duration::from_secs(30), || async {
             self.metric(series).await >= at_least
@@ -99,7 +101,7 @@ impl Running {
     }
 
     /// Cancels and waits; shutdown must take less than 30 s.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.task)
             .await
@@ -110,7 +112,7 @@ impl Running {
 }
 
 /// The value of the exact `series` (name with labels) in Prometheus text.
-pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .filter_map(|line| line.strip_prefix(series))
         .filter_map(|rest| rest.strip_prefix(' '))
@@ -118,7 +120,7 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 }
 
 /// `GET path` over plain HTTP/1.1; returns status and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream
         .write_all(
@@ -140,7 +142,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Stri
 }
 
 /// Polls `condition` every 100 ms until it holds; panics after `timeout`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+pub(crate) async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -158,7 +160,7 @@ where
 }
 
 /// An event about `user` at `version`.
-pub fn event(
+pub(crate) fn event(
     event_type: EventType,
     user: &str,
     version: i64,
@@ -178,7 +180,7 @@ pub fn event(
 }
 
 /// A producer that sends one record per batch.
-pub fn producer() -> FutureProducer {
+pub(crate) fn producer() -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", statecast_testkit::kafka_brokers())
         .set("linger.ms", "0")
@@ -189,7 +191,7 @@ pub fn producer() -> FutureProducer {
 }
 
 /// Produces `event` keyed by its user, with the contract's headers and a trace context.
-pub async fn produce(producer: &FutureProducer, topic: &str, event: &ProfileEvent) {
+pub(crate) async fn produce(producer: &FutureProducer, topic: &str, event: &ProfileEvent) {
     let headers = OwnedHeaders::new()
         .insert(Header {
             key: statecast_events::headers::CONTENT_TYPE,
@@ -204,7 +206,7 @@ pub async fn produce(producer: &FutureProducer, topic: &str, event: &ProfileEven
         .unwrap();
 }
 
-pub async fn produce_raw(
+pub(crate) async fn produce_raw(
     producer: &FutureProducer,
     topic: &str,
     key: &str,
@@ -222,7 +224,7 @@ pub async fn produce_raw(
 }
 
 /// A pool on the test's database.
-pub async fn pool(url: &str) -> sqlx::PgPool {
+pub(crate) async fn pool(url: &str) -> sqlx::PgPool {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(url)
@@ -230,12 +232,12 @@ pub async fn pool(url: &str) -> sqlx::PgPool {
         .unwrap()
 }
 
-pub async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+pub(crate) async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
 /// Mails in the sink's Maildir whose text contains `needle` (case-insensitive).
-pub fn mails_containing(needle: &str) -> usize {
+pub(crate) fn mails_containing(needle: &str) -> usize {
     let needle = needle.to_ascii_lowercase();
     let dir = statecast_testkit::maildir().join("new");
     let Ok(entries) = std::fs::read_dir(&dir) else {
