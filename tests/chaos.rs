@@ -200,7 +200,8 @@ async fn processed_count(pool: &sqlx::PgPool, group: &str) -> usize {
         .unwrap_or(0) as usize
 }
 
-/// The version cached in Redis for `user` (any JSON value with a `version` member).
+/// The profile version cached in Redis for `user`: the API's cache entry is
+/// `{"v": version, "k": "p", "p": profile, ...}` (`"k": "i"` marks an invalidated entry).
 async fn cached_version(redis: &mut redis::aio::MultiplexedConnection, user: &str) -> Option<i64> {
     let raw: Option<String> = redis::cmd("GET")
         .arg(format!("profile:{user}"))
@@ -208,9 +209,7 @@ async fn cached_version(redis: &mut redis::aio::MultiplexedConnection, user: &st
         .await
         .ok()?;
     let value: serde_json::Value = serde_json::from_str(&raw?).ok()?;
-    value["version"]
-        .as_i64()
-        .or_else(|| value["profile"]["version"].as_i64())
+    (value["k"] == "p").then(|| value["p"]["version"].as_i64()).flatten()
 }
 
 async fn redis() -> redis::aio::MultiplexedConnection {

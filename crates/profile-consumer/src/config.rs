@@ -101,11 +101,16 @@ pub struct Config {
     #[arg(long, env = "MAIL_FROM", default_value = DEFAULT_MAIL_FROM)]
     pub mail_from: String,
 
-    /// TTL of `profile:{id}` entries written by `cache-refresh`, in seconds.
+    /// Freshness of `profile:{id}` entries written by `cache-refresh` (±10 % jitter), in seconds.
     #[arg(long, env = "CACHE_TTL_SECONDS", default_value_t = 3600)]
     pub cache_ttl_seconds: u64,
 
-    /// TTL of the tombstones `cache-refresh` writes on delete, in seconds.
+    /// How long `cache-refresh` entries stay servable as stale after `CACHE_TTL_SECONDS` (the
+    /// Profile API's setting of the same name), in seconds.
+    #[arg(long, env = "CACHE_STALE_GRACE_SECONDS", default_value_t = 60)]
+    pub cache_stale_grace_seconds: u64,
+
+    /// Lifetime of the invalidation marker `cache-refresh` writes on delete, in seconds.
     #[arg(long, env = "CACHE_TOMBSTONE_TTL_SECONDS", default_value_t = 86_400)]
     pub cache_tombstone_ttl_seconds: u64,
 
@@ -141,6 +146,7 @@ impl Config {
             retry_max_backoff_ms: 5000,
             mail_from: DEFAULT_MAIL_FROM.to_owned(),
             cache_ttl_seconds: 3600,
+            cache_stale_grace_seconds: 60,
             cache_tombstone_ttl_seconds: 86_400,
             kafka_session_timeout_ms: 10_000,
             kafka_statistics_interval_ms: 5000,

@@ -290,7 +290,7 @@ impl Worker {
                 .observe_handler(started.elapsed().as_secs_f64());
             let error = match result {
                 Ok(outcome) => {
-                    tracing::debug!(?outcome, "handled");
+                    tracing::info!(?outcome, attempt, "record handled");
                     self.metrics.record(outcome.into());
                     return Disposition::Done;
                 }

@@ -1,58 +1,52 @@
 //! `cache-refresh`: keeps the Profile API's cache entry `profile:{id}` in step with the events,
-//! so reads after a change see it without waiting for the TTL.
+//! so reads after a change are served from the cache without a database round trip.
 //!
-//! The value is the JSON the API's `GET /v1/profiles/{id}` returns — the event's snapshot,
-//! `{"id","name","email","country","version","updatedAt"}` — written with `SET .. EX
-//! CACHE_TTL_SECONDS`. On `UserDeleted` the entry is removed and a tombstone
-//! `profile:{id}:tombstone` holding the delete's version is kept for
-//! `CACHE_TOMBSTONE_TTL_SECONDS`, so an older event arriving late cannot resurrect the profile.
+//! # Value format (shared with `crates/profile-api/src/cache.rs`)
+//! `profile:{id}` holds JSON `{"v": version, "k": kind, "p": profile?, "soft": unix ms,
+//! "delta": ms}`:
+//! - create/update: `k = "p"` with `p = {"id","name","email","country","version","updatedAt"}`
+//!   (the API's `GET` body, taken from the event's snapshot), `soft = now + CACHE_TTL_SECONDS`
+//!   (±10 % jitter, like the API), Redis TTL = soft TTL + `CACHE_STALE_GRACE_SECONDS`;
+//! - delete: `k = "i"` — the API's invalidation marker — at the delete's version, kept for
+//!   `CACHE_TOMBSTONE_TTL_SECONDS`: readers miss and load from PostgreSQL (and the API caches its
+//!   own negative entry), while an older event arriving late cannot resurrect the profile.
+//!   A snapshot missing a field the API's profile requires is written as a marker too.
 //!
-//! Dedup and order are one atomic compare in a Lua script: the incoming version is compared
-//! with the higher of the cached entry's `version` and the tombstone's. Newer is written
-//! (`processed`), equal is a redelivery or a value the API already cached (`duplicate`), older is
-//! `stale`. No `processed_event` table is needed: the compare makes every replay a no-op.
+//! # Dedup and order
+//! One atomic compare in a Lua script on the cached `v`: newer is written (`processed`); equal is
+//! a redelivery or a value the API filled itself (`duplicate`) — except that a profile replaces
+//! an invalidation marker of its own version, as the API's fills do; older is `stale`. No
+//! `processed_event` table is needed: the compare makes every replay a no-op.
 
+use chrono::{DateTime, Utc};
 use redis::Script;
 use redis::aio::ConnectionManager;
-use statecast_events::EventType;
+use serde::Serialize;
+use statecast_events::{EventType, ProfileEvent};
 
 use super::{Delivery, HandlerError, Outcome};
 
-/// Atomic version compare and write. KEYS: entry, tombstone. ARGV: version, value (empty for a
-/// delete), entry TTL, tombstone TTL. Returns 1 written, 0 same version, -1 older.
+/// Compare and write. KEYS: entry. ARGV: version, value, "1" when the value is a profile (it
+/// may replace an invalidation marker of the same version), TTL in milliseconds.
+/// Returns 1 written, 0 same version, -1 older.
 const SCRIPT: &str = r"
 local incoming = tonumber(ARGV[1])
-local current = tonumber(redis.call('GET', KEYS[2]) or '')
-local cached = redis.call('GET', KEYS[1])
-if cached then
-  local ok, value = pcall(cjson.decode, cached)
-  if ok and type(value) == 'table' and tonumber(value['version']) then
-    local version = tonumber(value['version'])
-    if current == nil or version > current then current = version end
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, d = pcall(cjson.decode, cur)
+  if ok and type(d) == 'table' and tonumber(d.v) ~= nil then
+    local have = tonumber(d.v)
+    if have > incoming then return -1 end
+    if have == incoming and not (ARGV[3] == '1' and d.k == 'i') then return 0 end
   end
 end
-if current ~= nil then
-  if incoming == current then return 0 end
-  if incoming < current then return -1 end
-end
-if ARGV[2] == '' then
-  redis.call('DEL', KEYS[1])
-  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[4])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-  redis.call('DEL', KEYS[2])
-end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
 return 1
 ";
 
-/// The cache entry key of a user.
+/// The cache entry key of a user (the API's key).
 pub fn cache_key(user_id: &str) -> String {
     format!("profile:{user_id}")
-}
-
-/// The tombstone key of a deleted user.
-pub fn tombstone_key(user_id: &str) -> String {
-    format!("profile:{user_id}:tombstone")
 }
 
 /// What the script's answer means.
@@ -64,61 +58,158 @@ pub fn outcome_of(answer: i64) -> Outcome {
     }
 }
 
+/// The API's cached profile (`crates/profile-api/src/model.rs` `Profile`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CachedProfile<'a> {
+    id: &'a str,
+    name: &'a str,
+    email: &'a str,
+    country: &'a str,
+    version: i64,
+    updated_at: DateTime<Utc>,
+}
+
+/// The API's cache entry (`crates/profile-api/src/cache.rs` `Entry`).
+#[derive(Debug, Serialize)]
+struct Entry<'a> {
+    v: i64,
+    k: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p: Option<CachedProfile<'a>>,
+    soft: i64,
+    delta: u64,
+}
+
+/// TTLs of what the handler writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheTtls {
+    /// Freshness of a profile entry, milliseconds (before jitter).
+    pub ttl_ms: u64,
+    /// How long a profile entry stays servable as stale after that, milliseconds.
+    pub grace_ms: u64,
+    /// Lifetime of the delete marker, milliseconds.
+    pub tombstone_ms: u64,
+}
+
+/// The value to write for `event`, whether it is a profile, and its Redis TTL in milliseconds.
+/// `jitter` is uniform in [0, 1).
+pub fn entry_for(
+    event: &ProfileEvent,
+    ttls: CacheTtls,
+    now_ms: i64,
+    jitter: f64,
+) -> (String, bool, u64) {
+    let data = &event.data;
+    let profile = match (
+        event.event_type,
+        &data.name,
+        &data.email,
+        &data.country,
+        data.updated_at,
+    ) {
+        (EventType::UserDeleted, ..) => None,
+        (_, Some(name), Some(email), Some(country), Some(updated_at)) => Some(CachedProfile {
+            id: &data.id,
+            name,
+            email,
+            country,
+            version: data.version,
+            updated_at,
+        }),
+        _ => None,
+    };
+    let is_profile = profile.is_some();
+    let (entry, ttl_ms) = if is_profile {
+        let soft_ms = (ttls.ttl_ms as f64 * (0.9 + 0.2 * jitter.clamp(0.0, 1.0))) as u64;
+        let entry = Entry {
+            v: event.profileversion,
+            k: "p",
+            p: profile,
+            soft: now_ms.saturating_add(i64::try_from(soft_ms).unwrap_or(i64::MAX / 2)),
+            delta: 0,
+        };
+        (entry, soft_ms.saturating_add(ttls.grace_ms))
+    } else {
+        let entry = Entry {
+            v: event.profileversion,
+            k: "i",
+            p: None,
+            soft: 0,
+            delta: 0,
+        };
+        (entry, ttls.tombstone_ms)
+    };
+    // Plain structs of strings and numbers always serialize.
+    let value = serde_json::to_string(&entry).unwrap_or_default();
+    (value, is_profile, ttl_ms.max(1))
+}
+
 /// The cache-refresh handler.
 #[derive(Clone)]
 pub struct CacheRefresh {
     redis: ConnectionManager,
     script: Script,
-    ttl_seconds: u64,
-    tombstone_ttl_seconds: u64,
+    ttls: CacheTtls,
 }
 
 impl std::fmt::Debug for CacheRefresh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheRefresh")
-            .field("ttl_seconds", &self.ttl_seconds)
-            .field("tombstone_ttl_seconds", &self.tombstone_ttl_seconds)
+            .field("ttls", &self.ttls)
             .finish_non_exhaustive()
     }
 }
 
 impl CacheRefresh {
     /// Connects to Redis at `url`.
-    pub async fn connect(
-        url: &str,
-        ttl_seconds: u64,
-        tombstone_ttl_seconds: u64,
-    ) -> Result<Self, redis::RedisError> {
+    pub async fn connect(url: &str, ttls: CacheTtls) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let redis = ConnectionManager::new(client).await?;
         Ok(Self {
             redis,
             script: Script::new(SCRIPT),
-            ttl_seconds: ttl_seconds.max(1),
-            tombstone_ttl_seconds: tombstone_ttl_seconds.max(1),
+            ttls,
         })
     }
 
-    /// Writes (or deletes) `profile:{id}` if the event is newer than what is cached.
+    /// Writes `profile:{id}` if the event is newer than what is cached.
     #[tracing::instrument(name = "cache-refresh", skip_all, fields(event.id = %delivery.event.id), err)]
     pub async fn handle(&self, delivery: Delivery<'_>) -> Result<Outcome, HandlerError> {
         let event = delivery.event;
-        let value = match event.event_type {
-            EventType::UserDeleted => String::new(),
-            EventType::UserCreated | EventType::UserUpdated => serde_json::to_string(&event.data)
-                .map_err(|e| {
-                HandlerError::Rejected(format!("snapshot not serializable: {e}"))
-            })?,
-        };
+        let (value, is_profile, ttl_ms) = entry_for(
+            event,
+            self.ttls,
+            Utc::now().timestamp_millis(),
+            rand::random::<f64>(),
+        );
+        self.write(
+            &event.subject,
+            event.profileversion,
+            value,
+            is_profile,
+            ttl_ms,
+        )
+        .await
+    }
+
+    #[tracing::instrument(name = "redis compare-and-set", skip(self, value), fields(otel.kind = "client", db.system.name = "redis"), err)]
+    async fn write(
+        &self,
+        user_id: &str,
+        version: i64,
+        value: String,
+        is_profile: bool,
+        ttl_ms: u64,
+    ) -> Result<Outcome, HandlerError> {
         let mut redis = self.redis.clone();
         let answer: i64 = self
             .script
-            .key(cache_key(&event.subject))
-            .key(tombstone_key(&event.subject))
-            .arg(event.profileversion)
+            .key(cache_key(user_id))
+            .arg(version)
             .arg(value)
-            .arg(self.ttl_seconds)
-            .arg(self.tombstone_ttl_seconds)
+            .arg(if is_profile { "1" } else { "0" })
+            .arg(ttl_ms)
             .invoke_async(&mut redis)
             .await?;
         Ok(outcome_of(answer))
@@ -126,13 +217,70 @@ impl CacheRefresh {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use statecast_events::ProfileSnapshot;
+
+    const TTLS: CacheTtls = CacheTtls {
+        ttl_ms: 3_600_000,
+        grace_ms: 60_000,
+        tombstone_ms: 86_400_000,
+    };
+
+    fn event(event_type: EventType, version: i64, complete: bool) -> ProfileEvent {
+        let deleted = event_type == EventType::UserDeleted;
+        ProfileEvent::new(
+            event_type,
+            ProfileSnapshot {
+                id: "alice".into(),
+                name: (!deleted).then(|| "Alice".into()),
+                email: (!deleted && complete).then(|| "alice@example.com".into()),
+                country: (!deleted).then(|| "PT".into()),
+                version,
+                updated_at: (!deleted).then(Utc::now),
+            },
+            Utc::now(),
+        )
+    }
 
     #[test]
-    fn keys_and_script_answers() {
+    fn updates_are_cached_in_the_api_entry_format() {
+        let (value, is_profile, ttl) =
+            entry_for(&event(EventType::UserUpdated, 4, true), TTLS, 1000, 0.5);
+        let json: serde_json::Value = serde_json::from_str(&value).unwrap();
+        assert!(is_profile);
+        assert_eq!(json["v"], 4);
+        assert_eq!(json["k"], "p");
+        assert_eq!(json["p"]["id"], "alice");
+        assert_eq!(json["p"]["email"], "alice@example.com");
+        assert_eq!(json["p"]["version"], 4);
+        assert!(json["p"]["updatedAt"].is_string());
+        assert_eq!(json["soft"], 1000 + 3_600_000);
+        assert_eq!(ttl, 3_600_000 + 60_000);
+    }
+
+    #[test]
+    fn deletes_and_incomplete_snapshots_become_invalidation_markers() {
+        for event in [
+            event(EventType::UserDeleted, 5, true),
+            event(EventType::UserUpdated, 5, false),
+        ] {
+            let (value, is_profile, ttl) = entry_for(&event, TTLS, 1000, 0.5);
+            let json: serde_json::Value = serde_json::from_str(&value).unwrap();
+            assert!(!is_profile);
+            assert_eq!(
+                (json["v"].as_i64(), json["k"].as_str()),
+                (Some(5), Some("i"))
+            );
+            assert!(json.get("p").is_none());
+            assert_eq!(ttl, 86_400_000);
+        }
+    }
+
+    #[test]
+    fn script_answers_map_to_outcomes() {
         assert_eq!(cache_key("alice"), "profile:alice");
-        assert_eq!(tombstone_key("alice"), "profile:alice:tombstone");
         assert_eq!(outcome_of(1), Outcome::Processed);
         assert_eq!(outcome_of(0), Outcome::Duplicate);
         assert_eq!(outcome_of(-1), Outcome::Stale);

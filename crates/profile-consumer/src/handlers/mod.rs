@@ -136,14 +136,12 @@ impl Handler {
                     .redis_url
                     .as_deref()
                     .ok_or_else(|| missing("REDIS_URL"))?;
-                Self::CacheRefresh(
-                    cache_refresh::CacheRefresh::connect(
-                        url,
-                        config.cache_ttl_seconds,
-                        config.cache_tombstone_ttl_seconds,
-                    )
-                    .await?,
-                )
+                let ttls = cache_refresh::CacheTtls {
+                    ttl_ms: config.cache_ttl_seconds.saturating_mul(1000),
+                    grace_ms: config.cache_stale_grace_seconds.saturating_mul(1000),
+                    tombstone_ms: config.cache_tombstone_ttl_seconds.saturating_mul(1000),
+                };
+                Self::CacheRefresh(cache_refresh::CacheRefresh::connect(url, ttls).await?)
             }
         })
     }

@@ -1,16 +1,18 @@
-//! cache-refresh: newer snapshots are written, older ones skipped, deletes tombstone.
+//! cache-refresh: newer snapshots are written in the Profile API's entry format, older ones
+//! skipped, deletes leave an invalidation marker that older events cannot overwrite.
 
 use profile_consumer::HandlerKind;
 use statecast_events::EventType;
 
 use crate::support::{self, Running};
 
-async fn get(redis: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
-    redis::cmd("GET").arg(key).query_async(redis).await.unwrap()
+async fn get(redis: &mut redis::aio::MultiplexedConnection, key: &str) -> serde_json::Value {
+    let raw: Option<String> = redis::cmd("GET").arg(key).query_async(redis).await.unwrap();
+    serde_json::from_str(&raw.unwrap_or_else(|| "null".into())).unwrap()
 }
 
 #[tokio::test]
-async fn newer_snapshots_are_written_older_ones_skipped_and_deletes_tombstoned() {
+async fn newer_snapshots_are_written_older_ones_skipped_and_deletes_leave_a_marker() {
     let topic = support::topic("cache", 1).await;
     let user = statecast_testkit::unique("cached");
     let key = format!("profile:{user}");
@@ -42,14 +44,16 @@ async fn newer_snapshots_are_written_older_ones_skipped_and_deletes_tombstoned()
 
     let client = redis::Client::open(statecast_testkit::redis_url()).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-    let cached: serde_json::Value =
-        serde_json::from_str(&get(&mut redis, &key).await.unwrap()).unwrap();
-    assert_eq!(cached["version"], 2);
-    assert_eq!(cached["country"], "DE");
-    assert_eq!(cached["email"], "new@example.com");
-    assert_eq!(cached["id"], user.as_str());
-    assert!(cached["updatedAt"].is_string());
-    let ttl: i64 = redis::cmd("TTL")
+    let entry = get(&mut redis, &key).await;
+    assert_eq!(entry["v"], 2);
+    assert_eq!(entry["k"], "p");
+    assert_eq!(entry["p"]["version"], 2);
+    assert_eq!(entry["p"]["country"], "DE");
+    assert_eq!(entry["p"]["email"], "new@example.com");
+    assert_eq!(entry["p"]["id"], user.as_str());
+    assert!(entry["p"]["updatedAt"].is_string());
+    assert!(entry["soft"].as_i64().unwrap() > chrono::Utc::now().timestamp_millis());
+    let ttl: i64 = redis::cmd("PTTL")
         .arg(&key)
         .query_async(&mut redis)
         .await
@@ -70,12 +74,31 @@ async fn newer_snapshots_are_written_older_ones_skipped_and_deletes_tombstoned()
             .await,
         2.0
     );
-    assert_eq!(get(&mut redis, &key).await, None, "deleted");
+    let marker = get(&mut redis, &key).await;
     assert_eq!(
-        get(&mut redis, &format!("{key}:tombstone"))
-            .await
-            .as_deref(),
-        Some("3")
+        (marker["v"].as_i64(), marker["k"].as_str()),
+        (Some(3), Some("i"))
     );
+    assert!(marker.get("p").is_none());
+
+    // The API invalidated at version 5 on a write; the event of that write fills the entry.
+    let api_marker = r#"{"v":5,"k":"i","soft":0,"delta":0}"#;
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(api_marker)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let v5 = support::event(EventType::UserUpdated, &user, 5, "five@example.com", "ES");
+    support::produce(&producer, &topic, &v5).await;
+    cache
+        .wait_metric(r#"consumer_records_total{result="processed"}"#, 3.0)
+        .await;
+    let entry = get(&mut redis, &key).await;
+    assert_eq!(
+        (entry["v"].as_i64(), entry["k"].as_str()),
+        (Some(5), Some("p"))
+    );
+    assert_eq!(entry["p"]["country"], "ES");
     cache.stop().await;
 }

@@ -9,14 +9,15 @@ use crate::support;
 
 const EVENTS: i64 = 1000;
 
-fn spawn(topic: &str, group: &str, db: &str) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_profile-consumer"))
+fn spawn(topic: &str, group: &str, db: &str) -> (tokio::process::Child, std::net::SocketAddr) {
+    let addr = support::free_addr();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_profile-consumer"))
         .env("KAFKA_BROKERS", statecast_testkit::kafka_brokers())
         .env("KAFKA_GROUP_ID", group)
         .env("KAFKA_TOPICS", topic)
         .env("CONSUMER_HANDLER", "audit")
         .env("DATABASE_URL", db)
-        .env("METRICS_ADDR", support::free_addr().to_string())
+        .env("METRICS_ADDR", addr.to_string())
         .env("KAFKA_SESSION_TIMEOUT_MS", "6000")
         .env("RUST_LOG", "warn")
         .env("OTEL_SDK_DISABLED", "true")
@@ -24,7 +25,8 @@ fn spawn(topic: &str, group: &str, db: &str) -> tokio::process::Child {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .unwrap()
+        .unwrap();
+    (child, addr)
 }
 
 #[tokio::test]
@@ -56,7 +58,7 @@ async fn kill_9_in_the_middle_of_1000_events_then_restart_applies_each_exactly_o
             .unwrap_or(0)
     };
 
-    let mut first = spawn(&topic, &group, &db);
+    let (mut first, _) = spawn(&topic, &group, &db);
     support::wait_until("first rows", Duration::from_secs(60), || async {
         rows(pool.clone()).await >= 1
     })
@@ -77,7 +79,7 @@ async fn kill_9_in_the_middle_of_1000_events_then_restart_applies_each_exactly_o
     );
 
     let restarted_at = Instant::now();
-    let mut second = spawn(&topic, &group, &db);
+    let (mut second, second_addr) = spawn(&topic, &group, &db);
     support::wait_until("1000 rows", Duration::from_secs(90), || async {
         rows(pool.clone()).await >= EVENTS
     })
@@ -95,6 +97,10 @@ async fn kill_9_in_the_middle_of_1000_events_then_restart_applies_each_exactly_o
         (EVENTS, EVENTS, EVENTS, EVENTS)
     );
 
+    let (_, metrics) = support::http_get(second_addr, "/metrics").await.unwrap();
+    let replayed = support::metric_value(&metrics, r#"consumer_records_total{result="duplicate"}"#);
+    eprintln!("records replayed after the kill and skipped as duplicates: {replayed:?}");
+
     // Graceful stop: SIGTERM, out within 30 s, exit code 0.
     let pid = second.id().unwrap();
     let status = std::process::Command::new("kill")
@@ -102,9 +108,11 @@ async fn kill_9_in_the_middle_of_1000_events_then_restart_applies_each_exactly_o
         .status()
         .unwrap();
     assert!(status.success());
+    let signalled = Instant::now();
     let exit = tokio::time::timeout(Duration::from_secs(30), second.wait())
         .await
         .expect("stopped within 30 s after SIGTERM")
         .unwrap();
+    eprintln!("SIGTERM to exit: {:?}", signalled.elapsed());
     assert!(exit.success(), "{exit:?}");
 }

@@ -13,4 +13,5 @@ mod dedup;
 mod dlq;
 mod groups;
 mod ordering;
+mod spans;
 mod support;
