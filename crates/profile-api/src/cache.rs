@@ -315,11 +315,6 @@ impl Cache {
         let _: String = self.run(redis::cmd("PING").query_async(&mut conn)).await?;
         Ok(())
     }
-
-    /// The lock TTL (to size the wait of a replica that did not get the lock).
-    pub(crate) fn lock_ttl(&self) -> Duration {
-        self.ttls.lock
-    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,9 @@ pub struct Config {
     /// Outbox rows taken per relay batch.
     #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 200)]
     pub relay_batch_size: i64,
+    /// Published outbox rows older than this are deleted by the relay leader (0 keeps them).
+    #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 168)]
+    pub outbox_retention_hours: u32,
     /// librdkafka `message.timeout.ms`: how long a publish may take before the relay retries.
     #[arg(long, env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_message_timeout_ms: u64,
@@ -83,12 +86,13 @@ impl Config {
             cache_negative_ttl_seconds: 30,
             cache_xfetch_beta: 1.0,
             cache_lock_ttl_ms: 2000,
-            redis_timeout_ms: 200,
+            redis_timeout_ms: 500,
             request_timeout_ms: 10_000,
             db_pool_size: 10,
             db_acquire_timeout_ms: 1000,
             relay_poll_interval_ms: 100,
             relay_batch_size: 200,
+            outbox_retention_hours: 168,
             kafka_message_timeout_ms: 5000,
         }
     }

@@ -8,15 +8,16 @@
 //!
 //! # Layout
 //! - [`config`]: [`Config`], every knob as flag + env var (`.env.sample` lists them).
-//! - [`routes`] (private handlers): router, handlers, layers (server spans, metrics, timeout,
-//!   body limit), problem-aware extractors.
+//! - `routes`: router, handlers, layers (server spans, metrics, timeout, body limit) and
+//!   problem-aware extractors.
 //! - [`problem`]: [`problem::ApiError`], the one error enum, as RFC 9457 problem+json.
 //! - [`model`]: [`model::Profile`] and [`model::ProfileInput`], the JSON shapes.
 //! - `validate`: pure input checks (ids, fields, merge patch, ETags).
 //! - `cache`: Redis entries, compare-and-set fills/invalidations (Lua), fill lock, XFetch, jitter.
 //! - `read`: the read path with coalescing, lock, XFetch, stale-while-revalidate, negative cache.
 //! - `store`: PostgreSQL reads and the write transaction (change + outbox row).
-//! - `relay`: the single-leader outbox relay to Kafka.
+//! - `relay`: the single-leader outbox relay to Kafka (why single-leader: see its module doc).
+//! - `main.rs`: parse [`Config`], init telemetry, [`build`], serve + relay until SIGTERM/SIGINT.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`openapi`]: the generated OpenAPI 3.1 document.
 //!
@@ -92,31 +93,52 @@ pub(crate) struct AppState {
     pub(crate) cache: cache::Cache,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) inflight: read::Inflight,
+    /// Ids whose invalidation has not reached Redis yet, with the version written.
+    pub(crate) dirty: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl AppState {
     /// After a commit: forget in-flight loads of `id` and mark the cache entry invalid at
-    /// `version`. Redis failures are retried in the background, never fail the write.
+    /// `version`. If Redis fails, the write still succeeds: the id is remembered as "dirty" (reads
+    /// of it on this replica bypass the cache, so none can see the older cached version) and the
+    /// invalidation is retried in the background until it lands or the old entry has expired.
     pub(crate) async fn after_write(self: &Arc<Self>, id: &str, version: i64) {
         self.inflight.forget(id);
         if let Err(error) = self.cache.invalidate(id, version).await {
             tracing::warn!(%error, id, version, "cache invalidation failed; retrying in background");
+            if let Ok(mut dirty) = self.dirty.lock() {
+                let entry = dirty.entry(id.to_owned()).or_insert(version);
+                *entry = (*entry).max(version);
+            }
             let state = self.clone();
             let id = id.to_owned();
             tokio::spawn(async move {
-                for attempt in 1..=10u32 {
-                    tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+                let give_up = std::time::Instant::now()
+                    + state.config.cache_ttl().mul_f64(1.1)
+                    + state.config.stale_grace();
+                let mut pause = Duration::from_millis(50);
+                while std::time::Instant::now() < give_up {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
                     if state.cache.invalidate(&id, version).await.is_ok() {
-                        return;
+                        break;
                     }
                 }
-                tracing::error!(
-                    id,
-                    version,
-                    "cache invalidation gave up; entry expires by TTL"
-                );
+                if let Ok(mut dirty) = state.dirty.lock()
+                    && dirty.get(&id).is_some_and(|v| *v <= version)
+                {
+                    dirty.remove(&id);
+                }
             });
         }
+    }
+
+    /// Whether reads of `id` must bypass the cache (an invalidation has not reached Redis yet).
+    pub(crate) fn is_dirty(&self, id: &str) -> bool {
+        self.dirty
+            .lock()
+            .map(|d| d.contains_key(id))
+            .unwrap_or(true)
     }
 }
 
@@ -159,6 +181,7 @@ pub async fn build(config: Config) -> Result<App> {
             cache,
             metrics: Arc::new(Metrics::new()),
             inflight: read::Inflight::default(),
+            dirty: std::sync::Mutex::default(),
         }),
     })
 }

@@ -1,5 +1,5 @@
 //! Errors as RFC 9457 `application/problem+json`: one enum, [`ApiError`], mapped to a status
-//! once, here. Internal causes are logged and never shown. [`problem_layer`] also turns every
+//! once, here. Internal causes are logged and never shown. `problem_layer` also turns every
 //! other 4xx/5xx (unknown route, wrong method, framework rejections) into a problem and fills
 //! `instance` with the request path.
 
@@ -133,7 +133,7 @@ impl ApiError {
         }
     }
 
-    /// The problem body (without `instance`, which [`problem_layer`] adds).
+    /// The problem body (without `instance`, which `problem_layer` adds).
     pub fn problem(&self) -> Problem {
         let status = self.status();
         let detail = match self {

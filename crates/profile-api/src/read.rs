@@ -10,7 +10,8 @@
 //! Freshness: a write removes its key from [`Inflight`] after commit, so later readers never join
 //! a load that started before it, and its invalidation marker carries the new version: a reader
 //! that saw a marker at version N refuses any coalesced result older than N and reloads.
-//! Redis errors never fail a read: it falls back to PostgreSQL with `x-cache: bypass`.
+//! Redis errors never fail a read: it falls back to PostgreSQL with `x-cache: bypass`; so does a
+//! read of an id whose invalidation could not reach Redis yet (see `AppState::after_write`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,7 +29,9 @@ use crate::metrics::CacheResult;
 use crate::store::{self, Loaded, StoreError};
 
 /// How many times a replica without the fill lock looks at the cache before loading itself.
-const LOCK_POLLS: u32 = 10;
+const LOCK_POLLS: u32 = 15;
+/// Pause between those looks: at most 300 ms of waiting in all, then it loads itself.
+const LOCK_POLL_PAUSE: Duration = Duration::from_millis(20);
 
 type SharedLoad = Shared<BoxFuture<'static, Result<Option<Loaded>, StoreError>>>;
 
@@ -80,17 +83,25 @@ pub(crate) struct Read {
 #[tracing::instrument(name = "read profile", skip(state))]
 pub(crate) async fn get(state: &Arc<AppState>, id: &str) -> Result<Read, StoreError> {
     let now = now_ms();
-    let read = match state.cache.get(id).await {
-        Err(error) => {
-            tracing::debug!(%error, "cache unavailable, bypassing");
+    // `None`: skip Redis (an invalidation of this id has not reached it yet).
+    let cached = if state.is_dirty(id) {
+        None
+    } else {
+        Some(state.cache.get(id).await)
+    };
+    let read = match cached {
+        None | Some(Err(_)) => {
+            if let Some(Err(error)) = &cached {
+                tracing::debug!(%error, "cache unavailable, bypassing");
+            }
             let loaded = required(shared(state, id, Mode::Bypass).await?)?;
             Read {
                 loaded,
                 result: CacheResult::Bypass,
             }
         }
-        Ok(None) => miss(state, id, 0).await?,
-        Ok(Some(entry)) => match entry.k {
+        Some(Ok(None)) => miss(state, id, 0).await?,
+        Some(Ok(Some(entry))) => match entry.k {
             Kind::Invalidated => miss(state, id, entry.v).await?,
             Kind::Profile | Kind::Negative if entry.is_fresh(now) => {
                 let r = 1.0 - rand::random::<f64>();
@@ -221,9 +232,8 @@ async fn lead(state: &Arc<AppState>, id: &str, mode: Mode) -> Result<Option<Load
     if !locked {
         // Another replica is loading: wait briefly for its fill, serving stale if that is all
         // there is, then give up and load ourselves.
-        let pause = (state.cache.lock_ttl() / (2 * LOCK_POLLS)).max(Duration::from_millis(5));
         for _ in 0..LOCK_POLLS {
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(LOCK_POLL_PAUSE).await;
             if let Ok(Some(entry)) = state.cache.get(id).await
                 && entry.is_servable(now_ms())
             {

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rdkafka::ClientConfig;
@@ -44,6 +44,8 @@ const LEADER_LOCK: i64 = 0x5354_4341_5354_5231;
 const CHANNEL: &str = "outbox";
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the leader deletes published rows past retention.
+const CLEANUP_EVERY: Duration = Duration::from_secs(600);
 
 /// Relay failures; all are retried.
 #[derive(Debug, thiserror::Error)]
@@ -74,43 +76,53 @@ pub(crate) async fn run(state: Arc<AppState>, shutdown: CancellationToken) {
         shutdown.clone(),
     ));
     let mut producer: Option<FutureProducer> = None;
+    // The dedicated session holding (or trying to take) the leader lock.
+    let mut session: Option<PgConnection> = None;
     while !shutdown.is_cancelled() {
-        let mut conn = match PgConnection::connect(&state.config.database_url).await {
-            Ok(conn) => conn,
-            Err(error) => {
-                tracing::warn!(%error, "relay cannot connect to PostgreSQL");
-                pause(
-                    MAX_BACKOFF.min(state.config.relay_poll_interval() * 5),
-                    &shutdown,
-                )
-                .await;
-                continue;
-            }
+        let conn = match session.as_mut() {
+            Some(conn) => conn,
+            None => match PgConnection::connect(&state.config.database_url).await {
+                Ok(conn) => session.insert(conn),
+                Err(error) => {
+                    tracing::warn!(%error, "relay cannot connect to PostgreSQL");
+                    pause(
+                        MAX_BACKOFF.min(state.config.relay_poll_interval() * 5),
+                        &shutdown,
+                    )
+                    .await;
+                    continue;
+                }
+            },
         };
         match sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
             .bind(LEADER_LOCK)
-            .fetch_one(&mut conn)
+            .fetch_one(&mut *conn)
             .await
         {
             Ok(true) => {}
             Ok(false) => {
-                // Standby: keep the connection, retry the lock each poll interval.
-                let _ = conn.close().await;
+                // Standby: keep the session, retry the lock each poll interval.
                 pause(state.config.relay_poll_interval(), &shutdown).await;
                 continue;
             }
             Err(error) => {
                 tracing::warn!(%error, "relay cannot take the leader lock");
+                session = None;
                 pause(state.config.relay_poll_interval(), &shutdown).await;
                 continue;
             }
         }
         tracing::info!("outbox relay is the leader");
-        if let Err(error) = lead(&state, &mut conn, &mut producer, &wake, &shutdown).await {
+        if let Err(error) = lead(&state, conn, &mut producer, &wake, &shutdown).await {
             tracing::warn!(%error, "outbox relay lost its database connection; reconnecting");
             pause(MIN_BACKOFF, &shutdown).await;
         }
-        // Dropping the connection releases the advisory lock.
+        // Ending the session releases the advisory lock (on shutdown or after an error).
+        if let Some(conn) = session.take() {
+            let _ = conn.close().await;
+        }
+    }
+    if let Some(conn) = session.take() {
         let _ = conn.close().await;
     }
     if let Some(producer) = producer {
@@ -128,7 +140,12 @@ async fn lead(
     shutdown: &CancellationToken,
 ) -> Result<(), RelayError> {
     let mut backoff = MIN_BACKOFF;
+    let mut last_cleanup: Option<Instant> = None;
     while !shutdown.is_cancelled() {
+        if last_cleanup.is_none_or(|at| at.elapsed() >= CLEANUP_EVERY) {
+            last_cleanup = Some(Instant::now());
+            delete_old_rows(state, conn).await?;
+        }
         if producer.is_none() {
             match new_producer(state) {
                 Ok(p) => *producer = Some(p),
@@ -168,6 +185,26 @@ async fn lead(
                 () = shutdown.cancelled() => {}
             }
         }
+    }
+    Ok(())
+}
+
+/// Deletes published rows past the retention period.
+async fn delete_old_rows(state: &AppState, conn: &mut PgConnection) -> Result<(), RelayError> {
+    let hours = state.config.outbox_retention_hours;
+    if hours == 0 {
+        return Ok(());
+    }
+    let deleted = sqlx::query(
+        "DELETE FROM outbox WHERE published_at IS NOT NULL \
+         AND published_at < now() - make_interval(hours => $1)",
+    )
+    .bind(i32::try_from(hours).unwrap_or(i32::MAX))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if deleted > 0 {
+        tracing::info!(deleted, "deleted published outbox rows past retention");
     }
     Ok(())
 }

@@ -133,7 +133,12 @@ pub struct Received {
 
 /// Reads `topic` from the beginning with a fresh group until `expected` records arrived or
 /// `timeout` passed.
-pub async fn consume(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Received> {
+pub async fn consume(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Received> {
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", testkit::unique("g"))
@@ -157,13 +162,18 @@ pub async fn consume(brokers: &str, topic: &str, expected: usize, timeout: Durat
                             .map(|h| {
                                 (
                                     h.key.to_owned(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
                                 )
                             })
                             .collect()
                     })
                     .unwrap_or_default();
-                out.push(Received { key, event, headers });
+                out.push(Received {
+                    key,
+                    event,
+                    headers,
+                });
             }
             Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
             Err(_) => break,
@@ -178,8 +188,14 @@ pub fn assert_ordered_and_unique(received: &[Received]) {
     let mut ids = std::collections::HashSet::new();
     for r in received {
         assert_eq!(r.key, r.event.subject, "record key must be the user id");
-        assert!(ids.insert(r.event.id), "event {} delivered twice", r.event.id);
-        let previous = last.insert(r.key.as_str(), r.event.profileversion).unwrap_or(0);
+        assert!(
+            ids.insert(r.event.id),
+            "event {} delivered twice",
+            r.event.id
+        );
+        let previous = last
+            .insert(r.key.as_str(), r.event.profileversion)
+            .unwrap_or(0);
         assert!(
             r.event.profileversion > previous,
             "user {}: version {} after {}",

@@ -1,0 +1,552 @@
+//! Authentication, authorization and a per-subject rate limit: defence in depth behind the API
+//! gateway, and the one business rule the gateway must not hold ("a user may only change their own
+//! profile unless they are an admin").
+//!
+//! - Bearer JWTs are verified with an HS256 secret (`AUTH_HS256_SECRET`) or against a JWKS
+//!   (`AUTH_JWKS_URL`, RS256/ES256, keys cached and refetched on an unknown `kid`); issuer and
+//!   audience are checked when configured, `exp` always, with a bounded clock skew.
+//! - A write to `/v1/profiles/{id}` needs `sub == id` or the scope `profiles:admin`; reads need a
+//!   valid token unless `PUBLIC_READS=true`. Probes, metrics and the OpenAPI document are public.
+//! - Each subject (or, for anonymous public reads, each peer address) has a token bucket; an empty
+//!   bucket answers 429 with `Retry-After`.
+//!
+//! Authentication is off only with an explicit `AUTH_DISABLED=true`, and then loudly logged.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use tokio::sync::RwLock;
+
+use crate::problem::ApiError;
+
+/// The scope that may change any profile.
+pub const ADMIN_SCOPE: &str = "profiles:admin";
+
+/// How long fetched JWKS keys are trusted before a refetch.
+const JWKS_TTL: Duration = Duration::from_secs(300);
+/// Never refetch the JWKS more often than this, whatever `kid`s clients invent.
+const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
+
+/// Authentication and rate-limit settings (from `Config`).
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    /// `AUTH_DISABLED`: no authentication at all.
+    pub disabled: bool,
+    /// `AUTH_HS256_SECRET`.
+    pub hs256_secret: Option<String>,
+    /// `AUTH_JWKS_URL`.
+    pub jwks_url: Option<String>,
+    /// `AUTH_ISSUER`: required `iss`, when set.
+    pub issuer: Option<String>,
+    /// `AUTH_AUDIENCE`: required `aud`, when set.
+    pub audience: Option<String>,
+    /// `PUBLIC_READS`: GETs need no token.
+    pub public_reads: bool,
+    /// `AUTH_LEEWAY_SECONDS`: tolerated clock skew for `exp`/`nbf`.
+    pub leeway_seconds: u64,
+    /// `RATE_LIMIT_PER_SECOND`: sustained requests per subject; 0 disables the limit.
+    pub rate_limit_per_second: u32,
+    /// `RATE_LIMIT_BURST`: bucket size per subject.
+    pub rate_limit_burst: u32,
+}
+
+/// Why the settings cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// Neither a key source nor an explicit opt-out.
+    #[error(
+        "no authentication configured: set AUTH_HS256_SECRET or AUTH_JWKS_URL, \
+         or AUTH_DISABLED=true to run without authentication"
+    )]
+    NoKeySource,
+    /// Both key sources at once.
+    #[error("set only one of AUTH_HS256_SECRET and AUTH_JWKS_URL")]
+    TwoKeySources,
+    /// The HTTP client for the JWKS could not be built.
+    #[error("cannot build the JWKS client: {0}")]
+    Client(String),
+}
+
+/// Why a request is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// 401: no bearer token where one is needed.
+    #[error("a bearer token is required")]
+    MissingToken,
+    /// 401: the token is expired, forged, or for someone else's issuer or audience.
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    /// 403: valid token, but not allowed to do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 429: the subject's bucket is empty; retry after this many seconds.
+    #[error("rate limit exceeded")]
+    RateLimited(u64),
+    /// 503: the JWKS could not be fetched, so no token can be checked.
+    #[error("the key set is unavailable")]
+    KeysUnavailable,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's `sub`.
+    pub subject: String,
+    /// Holds [`ADMIN_SCOPE`].
+    pub admin: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    scp: Option<Vec<String>>,
+}
+
+impl Claims {
+    fn scopes(&self) -> HashSet<&str> {
+        let mut scopes: HashSet<&str> = self
+            .scope
+            .as_deref()
+            .map(|s| s.split_whitespace().collect())
+            .unwrap_or_default();
+        if let Some(list) = &self.scp {
+            scopes.extend(list.iter().map(String::as_str));
+        }
+        scopes
+    }
+}
+
+enum Keys {
+    Disabled,
+    Hs256(DecodingKey),
+    Jwks {
+        url: String,
+        client: reqwest::Client,
+        cache: RwLock<Option<(JwkSet, Instant)>>,
+    },
+}
+
+/// Verifies tokens, authorizes requests and rate-limits subjects.
+pub struct Auth {
+    keys: Keys,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: u64,
+    public_reads: bool,
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("disabled", &matches!(self.keys, Keys::Disabled))
+            .field("public_reads", &self.public_reads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// Builds the verifier; refuses settings that would silently leave the API open.
+    pub fn new(settings: &AuthSettings) -> Result<Self, AuthConfigError> {
+        let keys = match (
+            settings.disabled,
+            settings.hs256_secret.as_deref().filter(|s| !s.is_empty()),
+            settings.jwks_url.as_deref().filter(|s| !s.is_empty()),
+        ) {
+            (true, _, _) => {
+                tracing::warn!(
+                    "AUTH_DISABLED=true: the API accepts every request without authentication; \
+                     never run it like this outside a trusted network"
+                );
+                Keys::Disabled
+            }
+            (false, Some(_), Some(_)) => return Err(AuthConfigError::TwoKeySources),
+            (false, Some(secret), None) => Keys::Hs256(DecodingKey::from_secret(secret.as_bytes())),
+            (false, None, Some(url)) => Keys::Jwks {
+                url: url.to_owned(),
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .map_err(|e| AuthConfigError::Client(e.to_string()))?,
+                cache: RwLock::new(None),
+            },
+            (false, None, None) => return Err(AuthConfigError::NoKeySource),
+        };
+        let limiter = NonZeroU32::new(settings.rate_limit_per_second).map(|rate| {
+            let burst = NonZeroU32::new(settings.rate_limit_burst).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Ok(Self {
+            keys,
+            issuer: settings.issuer.clone().filter(|s| !s.is_empty()),
+            audience: settings.audience.clone().filter(|s| !s.is_empty()),
+            leeway: settings.leeway_seconds,
+            public_reads: settings.public_reads,
+            limiter,
+        })
+    }
+
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = self.leeway;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &self.issuer {
+            Some(issuer) => validation.set_issuer(&[issuer]),
+            None => validation.iss = None,
+        }
+        match &self.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        validation
+    }
+
+    /// Checks a bearer token and returns its principal.
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let invalid = |e: jsonwebtoken::errors::Error| AuthError::InvalidToken(e.to_string());
+        let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
+        let claims = match &self.keys {
+            Keys::Disabled => {
+                return Ok(Principal {
+                    subject: "anonymous".into(),
+                    admin: true,
+                });
+            }
+            Keys::Hs256(key) => {
+                jsonwebtoken::decode::<Claims>(token, key, &self.validation(Algorithm::HS256))
+                    .map_err(invalid)?
+                    .claims
+            }
+            Keys::Jwks { .. } => {
+                if !matches!(
+                    header.alg,
+                    Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::ES256
+                        | Algorithm::ES384 | Algorithm::PS256 | Algorithm::EdDSA
+                ) {
+                    return Err(AuthError::InvalidToken(format!(
+                        "algorithm {:?} is not accepted with a JWKS",
+                        header.alg
+                    )));
+                }
+                let kid = header.kid.clone().unwrap_or_default();
+                let key = self.jwks_key(&kid).await?;
+                jsonwebtoken::decode::<Claims>(token, &key, &self.validation(header.alg))
+                    .map_err(invalid)?
+                    .claims
+            }
+        };
+        let admin = claims.scopes().contains(ADMIN_SCOPE);
+        Ok(Principal {
+            subject: claims.sub,
+            admin,
+        })
+    }
+
+    /// The JWKS key for `kid`, refetching the set when it is stale or lacks the key.
+    async fn jwks_key(&self, kid: &str) -> Result<DecodingKey, AuthError> {
+        let Keys::Jwks { url, client, cache } = &self.keys else {
+            return Err(AuthError::KeysUnavailable);
+        };
+        let lookup = |set: &JwkSet| {
+            let jwk = if kid.is_empty() && set.keys.len() == 1 {
+                set.keys.first()
+            } else {
+                set.find(kid)
+            };
+            jwk.map(DecodingKey::from_jwk)
+        };
+        if let Some((set, fetched)) = cache.read().await.as_ref()
+            && fetched.elapsed() < JWKS_TTL
+            && let Some(key) = lookup(set)
+        {
+            return key.map_err(|e| AuthError::InvalidToken(e.to_string()));
+        }
+        let mut guard = cache.write().await;
+        let recently = guard
+            .as_ref()
+            .is_some_and(|(_, fetched)| fetched.elapsed() < JWKS_MIN_REFRESH);
+        if !recently {
+            match fetch_jwks(client, url).await {
+                Ok(set) => *guard = Some((set, Instant::now())),
+                Err(e) => {
+                    tracing::warn!(error = %e, %url, "cannot fetch the JWKS");
+                    if guard.is_none() {
+                        return Err(AuthError::KeysUnavailable);
+                    }
+                }
+            }
+        }
+        let set = guard.as_ref().map(|(set, _)| set).ok_or(AuthError::KeysUnavailable)?;
+        lookup(set)
+            .ok_or_else(|| AuthError::InvalidToken(format!("unknown key id {kid:?}")))?
+            .map_err(|e| AuthError::InvalidToken(e.to_string()))
+    }
+
+    /// Decides a request: `Ok(Some(principal))` for an authenticated caller, `Ok(None)` for an
+    /// allowed anonymous read.
+    pub async fn authorize(
+        &self,
+        method: &Method,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> Result<Option<Principal>, AuthError> {
+        if matches!(self.keys, Keys::Disabled) {
+            return Ok(None);
+        }
+        let Some(profile_id) = profile_path(path) else {
+            // Probes, metrics and the OpenAPI document are public; unknown routes 404 anyway.
+            return Ok(None);
+        };
+        let read = matches!(*method, Method::GET | Method::HEAD);
+        let principal = match bearer {
+            Some(token) => Some(self.verify(token).await?),
+            None if read && self.public_reads => None,
+            None => return Err(AuthError::MissingToken),
+        };
+        if !read
+            && let Some(principal) = &principal
+            && !principal.admin
+            && principal.subject != profile_id
+        {
+            return Err(AuthError::Forbidden(format!(
+                "subject {:?} may not change profile {profile_id:?} (needs sub == id or the \
+                 {ADMIN_SCOPE} scope)",
+                principal.subject
+            )));
+        }
+        Ok(principal)
+    }
+
+    /// Takes one token from the bucket of `key`.
+    pub fn check_rate(&self, key: &str) -> Result<(), AuthError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter.check_key(&key.to_owned()).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            AuthError::RateLimited(wait.as_secs().max(1))
+        })
+    }
+}
+
+async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<JwkSet, reqwest::Error> {
+    client.get(url).send().await?.error_for_status()?.json().await
+}
+
+/// The `{id}` of `/v1/profiles/{id}`, if `path` is that route.
+fn profile_path(path: &str) -> Option<&str> {
+    let id = path.strip_prefix("/v1/profiles/")?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// The bearer token of a request, if any.
+fn bearer(request: &Request) -> Result<Option<String>, AuthError> {
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::InvalidToken("Authorization header is not ASCII".into()))?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() => {
+            Ok(Some(token.trim().to_owned()))
+        }
+        _ => Err(AuthError::InvalidToken(
+            "Authorization must be `Bearer <token>`".into(),
+        )),
+    }
+}
+
+/// Middleware: authenticate, authorize, rate-limit; errors become problem+json.
+pub async fn layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
+    let decision = async {
+        let token = bearer(&request)?;
+        let principal = auth
+            .authorize(request.method(), request.uri().path(), token.as_deref())
+            .await?;
+        let key = match &principal {
+            Some(p) => format!("sub:{}", p.subject),
+            None => request
+                .extensions()
+                .get::<ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| format!("ip:{}", c.0.ip()))
+                .unwrap_or_else(|| "anonymous".to_owned()),
+        };
+        if profile_path(request.uri().path()).is_some() {
+            auth.check_rate(&key)?;
+        }
+        Ok::<_, AuthError>(principal)
+    }
+    .await;
+    match decision {
+        Ok(principal) => {
+            let mut request = request;
+            if let Some(principal) = principal {
+                request.extensions_mut().insert(principal);
+            }
+            next.run(request).await
+        }
+        Err(error) => ApiError::from(error).into_response(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &str = "test-secret-of-enough-length-0123456789";
+
+    fn auth(public_reads: bool) -> Auth {
+        Auth::new(&AuthSettings {
+            hs256_secret: Some(SECRET.into()),
+            issuer: Some("https://issuer.test".into()),
+            audience: Some("statecast".into()),
+            public_reads,
+            leeway_seconds: 5,
+            rate_limit_per_second: 2,
+            rate_limit_burst: 3,
+            ..AuthSettings::default()
+        })
+        .unwrap()
+    }
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    fn token(claims: serde_json::Value, secret: &str) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn good(sub: &str, scope: &str) -> String {
+        token(
+            json!({"sub": sub, "iss": "https://issuer.test", "aud": "statecast",
+                   "exp": now() + 300, "scope": scope}),
+            SECRET,
+        )
+    }
+
+    async fn decide(auth: &Auth, method: Method, id: &str, token: Option<&str>) -> Result<(), AuthError> {
+        auth.authorize(&method, &format!("/v1/profiles/{id}"), token)
+            .await
+            .map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn no_token_is_refused_unless_reads_are_public() {
+        assert_eq!(decide(&auth(false), Method::GET, "alice", None).await, Err(AuthError::MissingToken));
+        assert_eq!(decide(&auth(true), Method::GET, "alice", None).await, Ok(()));
+        assert_eq!(decide(&auth(true), Method::PUT, "alice", None).await, Err(AuthError::MissingToken));
+    }
+
+    #[tokio::test]
+    async fn expired_foreign_and_forged_tokens_are_invalid() {
+        let a = auth(false);
+        let cases = [
+            token(json!({"sub": "alice", "iss": "https://issuer.test", "aud": "statecast", "exp": now() - 60}), SECRET),
+            token(json!({"sub": "alice", "iss": "https://evil.test", "aud": "statecast", "exp": now() + 60}), SECRET),
+            token(json!({"sub": "alice", "iss": "https://issuer.test", "aud": "other", "exp": now() + 60}), SECRET),
+            token(json!({"sub": "alice", "iss": "https://issuer.test", "aud": "statecast", "exp": now() + 60}), "wrong-secret-wrong-secret-wrong"),
+            token(json!({"sub": "alice", "iss": "https://issuer.test", "aud": "statecast"}), SECRET),
+            "not.a.jwt".to_owned(),
+        ];
+        for t in cases {
+            assert!(
+                matches!(decide(&a, Method::GET, "alice", Some(&t)).await, Err(AuthError::InvalidToken(_))),
+                "accepted {t}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn clock_skew_within_the_leeway_is_tolerated() {
+        let t = token(
+            json!({"sub": "alice", "iss": "https://issuer.test", "aud": "statecast", "exp": now() - 2}),
+            SECRET,
+        );
+        assert_eq!(decide(&auth(false), Method::GET, "alice", Some(&t)).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn writes_need_the_own_profile_or_the_admin_scope() {
+        let a = auth(false);
+        assert_eq!(decide(&a, Method::PUT, "alice", Some(&good("alice", ""))).await, Ok(()));
+        assert!(matches!(
+            decide(&a, Method::PATCH, "bob", Some(&good("alice", "profiles:read"))).await,
+            Err(AuthError::Forbidden(_))
+        ));
+        assert_eq!(decide(&a, Method::DELETE, "bob", Some(&good("root", "x profiles:admin"))).await, Ok(()));
+        // Reading someone else's profile is fine with any valid token.
+        assert_eq!(decide(&a, Method::GET, "bob", Some(&good("alice", ""))).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn probes_and_documents_are_public() {
+        let a = auth(false);
+        for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+            assert_eq!(a.authorize(&Method::GET, path, None).await, Ok(None));
+        }
+    }
+
+    #[test]
+    fn rate_limit_empties_the_bucket_and_names_a_wait() {
+        let a = auth(false);
+        for _ in 0..3 {
+            assert_eq!(a.check_rate("sub:alice"), Ok(()));
+        }
+        assert!(matches!(a.check_rate("sub:alice"), Err(AuthError::RateLimited(s)) if s >= 1));
+        // Another subject has its own bucket.
+        assert_eq!(a.check_rate("sub:bob"), Ok(()));
+    }
+
+    #[test]
+    fn settings_without_a_key_source_are_refused() {
+        assert!(matches!(Auth::new(&AuthSettings::default()), Err(AuthConfigError::NoKeySource)));
+        assert!(matches!(
+            Auth::new(&AuthSettings {
+                hs256_secret: Some("a".into()),
+                jwks_url: Some("http://x".into()),
+                ..AuthSettings::default()
+            }),
+            Err(AuthConfigError::TwoKeySources)
+        ));
+        assert!(Auth::new(&AuthSettings { disabled: true, ..AuthSettings::default() }).is_ok());
+    }
+
+    #[test]
+    fn bearer_header_must_be_well_formed() {
+        let request = |v: &str| {
+            axum::http::Request::builder()
+                .header(header::AUTHORIZATION, v)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        assert_eq!(bearer(&request("Bearer abc")).unwrap().as_deref(), Some("abc"));
+        assert_eq!(bearer(&request("bearer abc")).unwrap().as_deref(), Some("abc"));
+        assert!(bearer(&request("Basic abc")).is_err());
+        assert!(bearer(&request("Bearer")).is_err());
+    }
+}

@@ -1,0 +1,399 @@
+//! The HTTP contract: CRUD, ETags, validation and problem+json, operational endpoints.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{body, start, user, version_of};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const PROBLEM: &str = "application/problem+json";
+
+async fn problem(response: reqwest::Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(content_type, PROBLEM);
+    let value: Value = response.json().await.unwrap();
+    assert_eq!(value["status"], status.as_u16());
+    for member in ["type", "title", "detail", "instance"] {
+        assert!(value[member].is_string(), "problem lacks {member}: {value}");
+    }
+    value
+}
+
+fn error_fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn crud_round_trip_keeps_versions_increasing_across_delete_and_recreate() {
+    let t = start(common::fresh_config("crud").await, false).await;
+    let id = user("crud");
+
+    let created = t.put(&id, &body("Alice")).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(created.headers()["etag"], "\"1\"");
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(created["id"], id.as_str());
+    assert_eq!(created["version"], 1);
+    assert!(created["updatedAt"].is_string());
+
+    let got = t.get(&id).await;
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.headers()["etag"], "\"1\"");
+    let got: Value = got.json().await.unwrap();
+    assert_eq!(got, created);
+
+    let replaced = t.put(&id, &body("Alicia")).await;
+    assert_eq!(replaced.status(), StatusCode::OK);
+    assert_eq!(version_of(&replaced.json().await.unwrap()), 2);
+
+    let patched = t
+        .http
+        .patch(t.url(&format!("/v1/profiles/{id}")))
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"country":"ES"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), StatusCode::OK);
+    let patched: Value = patched.json().await.unwrap();
+    assert_eq!(
+        (patched["country"].as_str(), patched["name"].as_str()),
+        (Some("ES"), Some("Alicia"))
+    );
+    assert_eq!(patched["version"], 3);
+
+    let deleted = t
+        .http
+        .delete(t.url(&format!("/v1/profiles/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    problem(t.get(&id).await, StatusCode::NOT_FOUND).await;
+    let again = t
+        .http
+        .delete(t.url(&format!("/v1/profiles/{id}")))
+        .send()
+        .await
+        .unwrap();
+    problem(again, StatusCode::NOT_FOUND).await;
+
+    let recreated = t.put(&id, &body("Alice")).await;
+    assert_eq!(recreated.status(), StatusCode::CREATED);
+    assert_eq!(
+        version_of(&recreated.json().await.unwrap()),
+        5,
+        "delete was version 4"
+    );
+
+    // The outbox holds one event per change, typed and versioned.
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT event_type, (payload->>'profileversion')::bigint FROM outbox WHERE user_id = $1 ORDER BY id",
+    )
+    .bind(&id)
+    .fetch_all(t.app.pool())
+    .await
+    .unwrap();
+    let expected: Vec<(String, i64)> = [
+        ("UserCreated", 1),
+        ("UserUpdated", 2),
+        ("UserUpdated", 3),
+        ("UserDeleted", 4),
+        ("UserCreated", 5),
+    ]
+    .into_iter()
+    .map(|(t, v)| (t.to_owned(), v))
+    .collect();
+    assert_eq!(rows, expected);
+}
+
+#[tokio::test]
+async fn etags_give_304_and_if_match_gives_412() {
+    let t = start(common::fresh_config("etag").await, false).await;
+    let id = user("etag");
+    let url = t.url(&format!("/v1/profiles/{id}"));
+
+    // If-Match on a missing profile.
+    let missing = t
+        .http
+        .put(&url)
+        .header("if-match", "\"1\"")
+        .json(&body("A"))
+        .send()
+        .await
+        .unwrap();
+    problem(missing, StatusCode::PRECONDITION_FAILED).await;
+    assert_eq!(t.put(&id, &body("A")).await.status(), StatusCode::CREATED);
+
+    let not_modified = t
+        .http
+        .get(&url)
+        .header("if-none-match", "\"1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(not_modified.headers()["etag"], "\"1\"");
+    let modified = t
+        .http
+        .get(&url)
+        .header("if-none-match", "\"7\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(modified.status(), StatusCode::OK);
+
+    let stale = t
+        .http
+        .put(&url)
+        .header("if-match", "\"9\"")
+        .json(&body("B"))
+        .send()
+        .await
+        .unwrap();
+    let p = problem(stale, StatusCode::PRECONDITION_FAILED).await;
+    assert!(p["detail"].as_str().unwrap().contains('1'), "{p}");
+    let ok = t
+        .http
+        .put(&url)
+        .header("if-match", "\"1\"")
+        .json(&body("B"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(ok.headers()["etag"], "\"2\"");
+
+    let patch = t
+        .http
+        .patch(&url)
+        .header("content-type", "application/json")
+        .header("if-match", "\"1\"")
+        .body(r#"{"name":"C"}"#)
+        .send()
+        .await
+        .unwrap();
+    problem(patch, StatusCode::PRECONDITION_FAILED).await;
+    let delete = t
+        .http
+        .delete(&url)
+        .header("if-match", "\"1\"")
+        .send()
+        .await
+        .unwrap();
+    problem(delete, StatusCode::PRECONDITION_FAILED).await;
+    let delete = t
+        .http
+        .delete(&url)
+        .header("if-match", "\"2\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn bad_requests_are_problems_naming_what_was_wrong() {
+    let t = start(common::fresh_config("bad").await, false).await;
+    let id = user("bad");
+    let url = t.url(&format!("/v1/profiles/{id}"));
+
+    let malformed = t
+        .http
+        .put(&url)
+        .header("content-type", "application/json")
+        .body("{\"name\":")
+        .send()
+        .await
+        .unwrap();
+    let p = problem(malformed, StatusCode::BAD_REQUEST).await;
+    assert_eq!(p["instance"], format!("/v1/profiles/{id}"));
+
+    let text = t
+        .http
+        .put(&url)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    problem(text, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+
+    let big = json!({"name": "x".repeat(70 * 1024), "email": "a@b.c", "country": "PT"});
+    problem(t.put(&id, &big).await, StatusCode::PAYLOAD_TOO_LARGE).await;
+
+    let unknown = json!({"name": "A", "email": "a@example.com", "country": "PT", "nick": "x"});
+    let p = problem(t.put(&id, &unknown).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(error_fields(&p), ["nick"]);
+    assert!(p["errors"][0]["message"].is_string());
+
+    let invalid = json!({"name": "", "email": "not-an-email", "country": "ZZ"});
+    let p = problem(t.put(&id, &invalid).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(error_fields(&p), ["name", "email", "country"]);
+
+    let mistyped = json!({"name": 42, "email": "a@example.com", "country": "PT"});
+    let p = problem(
+        t.put(&id, &mistyped).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(error_fields(&p), ["name"]);
+
+    let bad_id = t.put("no.dots", &body("A")).await;
+    let p = problem(bad_id, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(error_fields(&p), ["id"]);
+
+    assert_eq!(t.put(&id, &body("A")).await.status(), StatusCode::CREATED);
+    for server_field in [
+        r#"{"version":9}"#,
+        r#"{"id":"x"}"#,
+        r#"{"updatedAt":"2020-01-01T00:00:00Z"}"#,
+    ] {
+        let patch = t
+            .http
+            .patch(&url)
+            .header("content-type", "application/merge-patch+json")
+            .body(server_field)
+            .send()
+            .await
+            .unwrap();
+        let p = problem(patch, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(error_fields(&p).len(), 1, "{p}");
+    }
+    let removes_required = t
+        .http
+        .patch(&url)
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"email":null}"#)
+        .send()
+        .await
+        .unwrap();
+    let p = problem(removes_required, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(error_fields(&p), ["email"]);
+    let patch_text = t
+        .http
+        .patch(&url)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    problem(patch_text, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+
+    // None of the refused requests changed anything.
+    assert_eq!(version_of(&t.get(&id).await.json().await.unwrap()), 1);
+
+    let nowhere = t.http.get(t.url("/v2/nowhere")).send().await.unwrap();
+    let p = problem(nowhere, StatusCode::NOT_FOUND).await;
+    assert_eq!(p["instance"], "/v2/nowhere");
+    let wrong_method = t.http.post(&url).json(&body("A")).send().await.unwrap();
+    problem(wrong_method, StatusCode::METHOD_NOT_ALLOWED).await;
+    problem(t.get(&user("nobody")).await, StatusCode::NOT_FOUND).await;
+}
+
+#[tokio::test]
+async fn operational_endpoints_answer() {
+    let t = start(common::fresh_config("ops").await, false).await;
+    let health = t.http.get(t.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready = t.http.get(t.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["postgres"], "up");
+    assert_eq!(ready["redis"], "up");
+
+    let id = user("ops");
+    t.put(&id, &body("A")).await;
+    t.get(&id).await;
+    let metrics = t
+        .http
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "profile_cache_lookups_total",
+        "profile_db_loads_total",
+        "http_requests_total",
+        "http_request_duration_seconds",
+        "outbox_pending",
+        "outbox_published_total",
+        "outbox_publish_errors_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    assert!(metrics.contains("route=\"/v1/profiles/{id}\""), "{metrics}");
+
+    let doc: Value = t
+        .http
+        .get(t.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/v1/profiles/{id}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(paths.contains_key(path), "{path} missing from OpenAPI");
+    }
+    let profile_ops = paths["/v1/profiles/{id}"].as_object().unwrap();
+    for method in ["get", "put", "patch", "delete"] {
+        assert!(profile_ops.contains_key(method), "{method} missing");
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for schema in ["Profile", "ProfileInput", "Problem", "FieldError"] {
+        assert!(schemas.contains_key(schema), "{schema} missing");
+    }
+}
+
+#[tokio::test]
+async fn router_works_without_a_server() {
+    use tower::ServiceExt as _;
+    let config = common::fresh_config("oneshot").await;
+    let app = profile_api::build(config).await.unwrap();
+    let response = app
+        .router()
+        .oneshot(
+            axum::http::Request::get("/healthz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_request_over_the_time_limit_is_a_503_problem() {
+    let mut config = common::fresh_config("timeout").await;
+    // Zero: any request that has to wait for I/O at all is over the limit.
+    config.request_timeout_ms = 0;
+    let t = start(config, false).await;
+    let response = t.get(&user("slow")).await;
+    let p = problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(
+        p["type"].as_str().unwrap().ends_with("request-timeout"),
+        "{p}"
+    );
+}
