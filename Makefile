@@ -20,6 +20,9 @@ test: ## start the stack, then fmt, clippy, every Rust test against the real ser
 chaos: ## the full reliability suite (faults, load, bad input) and its table
 	scripts/chaos
 
+bench: ## run the benchmarks (release build), print the table, write docs/benchmarks.md
+	scripts/bench
+
 stack-up: ## start PostgreSQL, Redis, the broker and the SMTP sink on loopback (idempotent)
 	scripts/stack up
 
@@ -45,4 +48,4 @@ kind-e2e: ## end-to-end check against the kind cluster
 kind-down: ## delete the kind cluster
 	scripts/kind-down
 
-.PHONY: help dev test chaos stack-up stack-down stack-status crd chart-check kind-up kind-e2e kind-down
+.PHONY: help dev test bench chaos stack-up stack-down stack-status crd chart-check kind-up kind-e2e kind-down

@@ -209,7 +209,9 @@ async fn cached_version(redis: &mut redis::aio::MultiplexedConnection, user: &st
         .await
         .ok()?;
     let value: serde_json::Value = serde_json::from_str(&raw?).ok()?;
-    (value["k"] == "p").then(|| value["p"]["version"].as_i64()).flatten()
+    (value["k"] == "p")
+        .then(|| value["p"]["version"].as_i64())
+        .flatten()
 }
 
 async fn redis() -> redis::aio::MultiplexedConnection {

@@ -235,8 +235,13 @@ impl Auth {
             Keys::Jwks { .. } => {
                 if !matches!(
                     header.alg,
-                    Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::ES256
-                        | Algorithm::ES384 | Algorithm::PS256 | Algorithm::EdDSA
+                    Algorithm::RS256
+                        | Algorithm::RS384
+                        | Algorithm::RS512
+                        | Algorithm::ES256
+                        | Algorithm::ES384
+                        | Algorithm::PS256
+                        | Algorithm::EdDSA
                 ) {
                     return Err(AuthError::InvalidToken(format!(
                         "algorithm {:?} is not accepted with a JWKS",
@@ -291,7 +296,10 @@ impl Auth {
                 }
             }
         }
-        let set = guard.as_ref().map(|(set, _)| set).ok_or(AuthError::KeysUnavailable)?;
+        let set = guard
+            .as_ref()
+            .map(|(set, _)| set)
+            .ok_or(AuthError::KeysUnavailable)?;
         lookup(set)
             .ok_or_else(|| AuthError::InvalidToken(format!("unknown key id {kid:?}")))?
             .map_err(|e| AuthError::InvalidToken(e.to_string()))
@@ -345,7 +353,13 @@ impl Auth {
 }
 
 async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<JwkSet, reqwest::Error> {
-    client.get(url).send().await?.error_for_status()?.json().await
+    client
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await
 }
 
 /// The `{id}` of `/v1/profiles/{id}`, if `path` is that route.
@@ -374,20 +388,22 @@ fn bearer(request: &Request) -> Result<Option<String>, AuthError> {
 
 /// Middleware: authenticate, authorize, rate-limit; errors become problem+json.
 pub async fn layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
+    // Take what the decision needs first: a request body is not `Sync`, so no borrow of the
+    // request may live across an await.
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| format!("ip:{}", c.0.ip()));
+    let token = bearer(&request);
     let decision = async {
-        let token = bearer(&request)?;
-        let principal = auth
-            .authorize(request.method(), request.uri().path(), token.as_deref())
-            .await?;
-        let key = match &principal {
-            Some(p) => format!("sub:{}", p.subject),
-            None => request
-                .extensions()
-                .get::<ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| format!("ip:{}", c.0.ip()))
-                .unwrap_or_else(|| "anonymous".to_owned()),
-        };
-        if profile_path(request.uri().path()).is_some() {
+        let principal = auth.authorize(&method, &path, token?.as_deref()).await?;
+        if profile_path(&path).is_some() {
+            let key = match &principal {
+                Some(p) => format!("sub:{}", p.subject),
+                None => peer.unwrap_or_else(|| "anonymous".to_owned()),
+            };
             auth.check_rate(&key)?;
         }
         Ok::<_, AuthError>(principal)
@@ -449,7 +465,12 @@ mod tests {
         )
     }
 
-    async fn decide(auth: &Auth, method: Method, id: &str, token: Option<&str>) -> Result<(), AuthError> {
+    async fn decide(
+        auth: &Auth,
+        method: Method,
+        id: &str,
+        token: Option<&str>,
+    ) -> Result<(), AuthError> {
         auth.authorize(&method, &format!("/v1/profiles/{id}"), token)
             .await
             .map(|_| ())
@@ -457,25 +478,52 @@ mod tests {
 
     #[tokio::test]
     async fn no_token_is_refused_unless_reads_are_public() {
-        assert_eq!(decide(&auth(false), Method::GET, "alice", None).await, Err(AuthError::MissingToken));
-        assert_eq!(decide(&auth(true), Method::GET, "alice", None).await, Ok(()));
-        assert_eq!(decide(&auth(true), Method::PUT, "alice", None).await, Err(AuthError::MissingToken));
+        assert_eq!(
+            decide(&auth(false), Method::GET, "alice", None).await,
+            Err(AuthError::MissingToken)
+        );
+        assert_eq!(
+            decide(&auth(true), Method::GET, "alice", None).await,
+            Ok(())
+        );
+        assert_eq!(
+            decide(&auth(true), Method::PUT, "alice", None).await,
+            Err(AuthError::MissingToken)
+        );
     }
 
     #[tokio::test]
     async fn expired_foreign_and_forged_tokens_are_invalid() {
         let a = auth(false);
         let cases = [
-            token(json!({"sub": "alice", "iss": "https://issuer.test", "aud": "statecast", "exp": now() - 60}), SECRET),
-            token(json!({"sub": "alice", "iss": "https://evil.test", "aud": "statecast", "exp": now() + 60}), SECRET),
-            token(json!({"sub": "alice", "iss": "https://issuer.test", "aud": "other", "exp": now() + 60}), SECRET),
-            token(json!({"sub": "alice", "iss": "https://issuer.test", "aud": "statecast", "exp": now() + 60}), "wrong-secret-wrong-secret-wrong"),
-            token(json!({"sub": "alice", "iss": "https://issuer.test", "aud": "statecast"}), SECRET),
+            token(
+                json!({"sub": "alice", "iss": "https://issuer.test", "aud": "statecast", "exp": now() - 60}),
+                SECRET,
+            ),
+            token(
+                json!({"sub": "alice", "iss": "https://evil.test", "aud": "statecast", "exp": now() + 60}),
+                SECRET,
+            ),
+            token(
+                json!({"sub": "alice", "iss": "https://issuer.test", "aud": "other", "exp": now() + 60}),
+                SECRET,
+            ),
+            token(
+                json!({"sub": "alice", "iss": "https://issuer.test", "aud": "statecast", "exp": now() + 60}),
+                "wrong-secret-wrong-secret-wrong",
+            ),
+            token(
+                json!({"sub": "alice", "iss": "https://issuer.test", "aud": "statecast"}),
+                SECRET,
+            ),
             "not.a.jwt".to_owned(),
         ];
         for t in cases {
             assert!(
-                matches!(decide(&a, Method::GET, "alice", Some(&t)).await, Err(AuthError::InvalidToken(_))),
+                matches!(
+                    decide(&a, Method::GET, "alice", Some(&t)).await,
+                    Err(AuthError::InvalidToken(_))
+                ),
                 "accepted {t}"
             );
         }
@@ -487,20 +535,44 @@ mod tests {
             json!({"sub": "alice", "iss": "https://issuer.test", "aud": "statecast", "exp": now() - 2}),
             SECRET,
         );
-        assert_eq!(decide(&auth(false), Method::GET, "alice", Some(&t)).await, Ok(()));
+        assert_eq!(
+            decide(&auth(false), Method::GET, "alice", Some(&t)).await,
+            Ok(())
+        );
     }
 
     #[tokio::test]
     async fn writes_need_the_own_profile_or_the_admin_scope() {
         let a = auth(false);
-        assert_eq!(decide(&a, Method::PUT, "alice", Some(&good("alice", ""))).await, Ok(()));
+        assert_eq!(
+            decide(&a, Method::PUT, "alice", Some(&good("alice", ""))).await,
+            Ok(())
+        );
         assert!(matches!(
-            decide(&a, Method::PATCH, "bob", Some(&good("alice", "profiles:read"))).await,
+            decide(
+                &a,
+                Method::PATCH,
+                "bob",
+                Some(&good("alice", "profiles:read"))
+            )
+            .await,
             Err(AuthError::Forbidden(_))
         ));
-        assert_eq!(decide(&a, Method::DELETE, "bob", Some(&good("root", "x profiles:admin"))).await, Ok(()));
+        assert_eq!(
+            decide(
+                &a,
+                Method::DELETE,
+                "bob",
+                Some(&good("root", "x profiles:admin"))
+            )
+            .await,
+            Ok(())
+        );
         // Reading someone else's profile is fine with any valid token.
-        assert_eq!(decide(&a, Method::GET, "bob", Some(&good("alice", ""))).await, Ok(()));
+        assert_eq!(
+            decide(&a, Method::GET, "bob", Some(&good("alice", ""))).await,
+            Ok(())
+        );
     }
 
     #[tokio::test]
@@ -524,7 +596,10 @@ mod tests {
 
     #[test]
     fn settings_without_a_key_source_are_refused() {
-        assert!(matches!(Auth::new(&AuthSettings::default()), Err(AuthConfigError::NoKeySource)));
+        assert!(matches!(
+            Auth::new(&AuthSettings::default()),
+            Err(AuthConfigError::NoKeySource)
+        ));
         assert!(matches!(
             Auth::new(&AuthSettings {
                 hs256_secret: Some("a".into()),
@@ -533,7 +608,13 @@ mod tests {
             }),
             Err(AuthConfigError::TwoKeySources)
         ));
-        assert!(Auth::new(&AuthSettings { disabled: true, ..AuthSettings::default() }).is_ok());
+        assert!(
+            Auth::new(&AuthSettings {
+                disabled: true,
+                ..AuthSettings::default()
+            })
+            .is_ok()
+        );
     }
 
     #[test]
@@ -544,8 +625,14 @@ mod tests {
                 .body(axum::body::Body::empty())
                 .unwrap()
         };
-        assert_eq!(bearer(&request("Bearer abc")).unwrap().as_deref(), Some("abc"));
-        assert_eq!(bearer(&request("bearer abc")).unwrap().as_deref(), Some("abc"));
+        assert_eq!(
+            bearer(&request("Bearer abc")).unwrap().as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            bearer(&request("bearer abc")).unwrap().as_deref(),
+            Some("abc")
+        );
         assert!(bearer(&request("Basic abc")).is_err());
         assert!(bearer(&request("Bearer")).is_err());
     }

@@ -69,6 +69,33 @@ pub struct Config {
     /// librdkafka `message.timeout.ms`: how long a publish may take before the relay retries.
     #[arg(long, env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_message_timeout_ms: u64,
+    /// Run without authentication (logged loudly at start). Never the default.
+    #[arg(long, env = "AUTH_DISABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub auth_disabled: bool,
+    /// Shared secret of HS256 bearer tokens.
+    #[arg(long, env = "AUTH_HS256_SECRET", hide_env_values = true)]
+    pub auth_hs256_secret: Option<String>,
+    /// JWKS URL for RS256/ES256 bearer tokens (keys cached, refetched on an unknown `kid`).
+    #[arg(long, env = "AUTH_JWKS_URL")]
+    pub auth_jwks_url: Option<String>,
+    /// Required `iss` of tokens, when set.
+    #[arg(long, env = "AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+    /// Required `aud` of tokens, when set.
+    #[arg(long, env = "AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+    /// Tolerated clock skew for `exp`/`nbf`, in seconds.
+    #[arg(long, env = "AUTH_LEEWAY_SECONDS", default_value_t = 30)]
+    pub auth_leeway_seconds: u64,
+    /// GETs need no token.
+    #[arg(long, env = "PUBLIC_READS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub public_reads: bool,
+    /// Sustained requests per second per subject (or per address for anonymous reads); 0 = off.
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 100)]
+    pub rate_limit_per_second: u32,
+    /// Burst size per subject.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
 }
 
 impl Config {
@@ -94,6 +121,30 @@ impl Config {
             relay_batch_size: 200,
             outbox_retention_hours: 168,
             kafka_message_timeout_ms: 5000,
+            auth_disabled: true,
+            auth_hs256_secret: None,
+            auth_jwks_url: None,
+            auth_issuer: None,
+            auth_audience: None,
+            auth_leeway_seconds: 30,
+            public_reads: false,
+            rate_limit_per_second: 0,
+            rate_limit_burst: 0,
+        }
+    }
+
+    /// The authentication and rate-limit part.
+    pub fn auth_settings(&self) -> crate::auth::AuthSettings {
+        crate::auth::AuthSettings {
+            disabled: self.auth_disabled,
+            hs256_secret: self.auth_hs256_secret.clone(),
+            jwks_url: self.auth_jwks_url.clone(),
+            issuer: self.auth_issuer.clone(),
+            audience: self.auth_audience.clone(),
+            public_reads: self.public_reads,
+            leeway_seconds: self.auth_leeway_seconds,
+            rate_limit_per_second: self.rate_limit_per_second,
+            rate_limit_burst: self.rate_limit_burst,
         }
     }
 

@@ -39,6 +39,7 @@
 //! # let _ = (relay, server, addr); Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod model;
@@ -81,6 +82,9 @@ pub enum Error {
     /// Serving HTTP failed.
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
+    /// The authentication settings cannot work (e.g. no key source and no explicit opt-out).
+    #[error("{0}")]
+    Auth(#[from] auth::AuthConfigError),
 }
 
 /// `Result` with [`Error`].
@@ -93,6 +97,7 @@ pub(crate) struct AppState {
     pub(crate) cache: cache::Cache,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) inflight: read::Inflight,
+    pub(crate) auth: Arc<auth::Auth>,
     /// Ids whose invalidation has not reached Redis yet, with the version written.
     pub(crate) dirty: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
@@ -160,6 +165,7 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 /// Connects to PostgreSQL (which must be up), runs the migrations, and sets up the lazily
 /// connecting Redis client. Kafka is only contacted by the relay.
 pub async fn build(config: Config) -> Result<App> {
+    let auth = Arc::new(auth::Auth::new(&config.auth_settings())?);
     let pool = PgPoolOptions::new()
         .max_connections(config.db_pool_size)
         .acquire_timeout(Duration::from_millis(config.db_acquire_timeout_ms))
@@ -181,6 +187,7 @@ pub async fn build(config: Config) -> Result<App> {
             cache,
             metrics: Arc::new(Metrics::new()),
             inflight: read::Inflight::default(),
+            auth,
             dirty: std::sync::Mutex::default(),
         }),
     })
@@ -199,9 +206,14 @@ impl App {
 
     /// Serves HTTP on `listener` until `shutdown`, then drains in-flight requests.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await?;
+        // Peer addresses key the rate limit of anonymous (public) reads.
+        axum::serve(
+            listener,
+            self.router()
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
         Ok(())
     }
 

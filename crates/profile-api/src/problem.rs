@@ -89,6 +89,15 @@ pub enum ApiError {
     /// 422: the JSON is well-formed but some fields are unknown or invalid.
     #[error("invalid fields")]
     Validation(Vec<FieldError>),
+    /// 401 with `WWW-Authenticate: Bearer`: no valid bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: a valid token that may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 429 with `Retry-After` (seconds): the caller's rate limit is used up.
+    #[error("rate limit exceeded; retry in {0} s")]
+    TooManyRequests(u64),
     /// 503 with `Retry-After`: PostgreSQL is unreachable.
     #[error("database unavailable")]
     Unavailable,
@@ -111,6 +120,9 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable | Self::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -127,6 +139,9 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload-too-large",
             Self::UnsupportedMediaType { .. } => "unsupported-media-type",
             Self::Validation(_) => "validation-failed",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::TooManyRequests(_) => "rate-limited",
             Self::Unavailable => "database-unavailable",
             Self::Timeout => "request-timeout",
             Self::Internal(_) => "internal-error",
@@ -167,11 +182,25 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %cause, "internal error");
         }
         let mut response = problem_response(self.status(), self.problem());
-        if matches!(self, Self::Unavailable | Self::Timeout) {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECONDS),
-            );
+        match &self {
+            Self::Unavailable | Self::Timeout => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECONDS),
+                );
+            }
+            Self::TooManyRequests(seconds) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
+            }
+            Self::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"statecast\""),
+                );
+            }
+            _ => {}
         }
         response
     }
@@ -190,6 +219,20 @@ fn problem_response(status: StatusCode, problem: Problem) -> Response {
         .into_response();
     response.extensions_mut().insert(problem);
     response
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(error: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match error {
+            AuthError::MissingToken | AuthError::InvalidToken(_) => {
+                Self::Unauthorized(error.to_string())
+            }
+            AuthError::Forbidden(message) => Self::Forbidden(message),
+            AuthError::RateLimited(seconds) => Self::TooManyRequests(seconds),
+            AuthError::KeysUnavailable => Self::Unavailable,
+        }
+    }
 }
 
 /// Fallback for unknown routes.

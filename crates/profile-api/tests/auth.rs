@@ -1,0 +1,193 @@
+//! Edge security in the API itself (issue 9): bearer JWTs, the own-profile rule, the admin
+//! scope and the per-subject rate limit, over real HTTP against the real services.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+const SECRET: &str = "integration-secret-0123456789abcdef";
+const ISSUER: &str = "https://issuer.statecast.test";
+const AUDIENCE: &str = "statecast-api";
+
+fn token(claims: Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn claims(sub: &str, scope: &str, exp_in: i64) -> Value {
+    json!({"sub": sub, "scope": scope, "iss": ISSUER, "aud": AUDIENCE,
+           "exp": chrono::Utc::now().timestamp() + exp_in})
+}
+
+async fn secured(rate: u32, burst: u32) -> common::TestApp {
+    let mut config = common::fresh_config("auth").await;
+    config.auth_disabled = false;
+    config.auth_hs256_secret = Some(SECRET.into());
+    config.auth_issuer = Some(ISSUER.into());
+    config.auth_audience = Some(AUDIENCE.into());
+    config.auth_leeway_seconds = 5;
+    config.rate_limit_per_second = rate;
+    config.rate_limit_burst = burst;
+    common::start(config, false).await
+}
+
+async fn put(app: &common::TestApp, id: &str, bearer: Option<&str>) -> reqwest::Response {
+    let mut request = app
+        .http
+        .put(app.url(&format!("/v1/profiles/{id}")))
+        .json(&common::body("Auth"));
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    body
+}
+
+#[tokio::test]
+async fn missing_expired_foreign_and_forged_tokens_are_401_problems() {
+    let app = secured(0, 0).await;
+    let id = common::user("auth");
+    let response = put(&app, &id, None).await;
+    assert!(response.headers().contains_key("www-authenticate"));
+    assert_problem(response, 401).await;
+    let bad = [
+        token(claims(&id, "", -120), SECRET),
+        token(
+            json!({"sub": id, "iss": "https://evil.test", "aud": AUDIENCE,
+                     "exp": chrono::Utc::now().timestamp() + 60}),
+            SECRET,
+        ),
+        token(
+            json!({"sub": id, "iss": ISSUER, "aud": "someone-else",
+                     "exp": chrono::Utc::now().timestamp() + 60}),
+            SECRET,
+        ),
+        token(claims(&id, "", 60), "a-different-secret-of-some-length"),
+    ];
+    for token in bad {
+        assert_problem(put(&app, &id, Some(&token)).await, 401).await;
+        let read = app
+            .http
+            .get(app.url(&format!("/v1/profiles/{id}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(read, 401).await;
+    }
+    // Probes stay public.
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn a_user_may_write_their_own_profile_and_an_admin_anyone_s() {
+    let app = secured(0, 0).await;
+    let alice = common::user("alice");
+    let bob = common::user("bob");
+    let alice_token = token(claims(&alice, "", 300), SECRET);
+    assert_eq!(
+        put(&app, &alice, Some(&alice_token))
+            .await
+            .status()
+            .as_u16(),
+        201
+    );
+    let body = assert_problem(put(&app, &bob, Some(&alice_token)).await, 403).await;
+    assert!(body["detail"].as_str().unwrap().contains("profiles:admin"));
+    let admin = token(claims("ops", "profiles:read profiles:admin", 300), SECRET);
+    assert_eq!(put(&app, &bob, Some(&admin)).await.status().as_u16(), 201);
+    // Reading another user's profile needs a valid token, not ownership.
+    let read = app
+        .http
+        .get(app.url(&format!("/v1/profiles/{bob}")))
+        .bearer_auth(&alice_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn public_reads_need_no_token_but_writes_still_do() {
+    let mut config = common::fresh_config("public").await;
+    config.auth_disabled = false;
+    config.auth_hs256_secret = Some(SECRET.into());
+    config.public_reads = true;
+    let app = common::start(config, false).await;
+    let id = common::user("pub");
+    assert_eq!(app.get(&id).await.status().as_u16(), 404);
+    assert_problem(put(&app, &id, None).await, 401).await;
+}
+
+#[tokio::test]
+async fn exceeding_the_rate_limit_gives_429_with_retry_after_and_recovers() {
+    let app = secured(2, 3).await;
+    let id = common::user("rate");
+    let t = token(claims(&id, "", 300), SECRET);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let r = app
+            .http
+            .get(app.url(&format!("/v1/profiles/{id}")))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            assert_problem(r, 429).await;
+            statuses.push(429);
+        } else {
+            statuses.push(r.status().as_u16());
+        }
+    }
+    assert_eq!(&statuses[..3], &[404, 404, 404], "the burst is allowed");
+    assert!(statuses.contains(&429), "the limit never hit: {statuses:?}");
+    // Another subject is unaffected.
+    let other = token(claims("someone-else", "", 300), SECRET);
+    let r = app
+        .http
+        .get(app.url(&format!("/v1/profiles/{id}")))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    // The bucket refills at 2/s.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let r = app
+        .http
+        .get(app.url(&format!("/v1/profiles/{id}")))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+}
+
+#[tokio::test]
+async fn auth_without_a_key_source_refuses_to_start() {
+    let mut config = common::fresh_config("nokey").await;
+    config.auth_disabled = false;
+    let error = profile_api::build(config).await.err().unwrap();
+    assert!(error.to_string().contains("AUTH_DISABLED=true"), "{error}");
+}

@@ -1,0 +1,105 @@
+//! `statecast-bench`: the benchmark command behind `make bench`.
+//!
+//! Starts the release builds of the Profile API and the consumers as processes against the local
+//! stack (`scripts/stack up`), with a fresh database, fresh topics and Redis databases of its own
+//! (so it never disturbs tests), runs each scenario with an established load tool (`wrk`,
+//! `redis-benchmark`, `pgbench`, a bare rdkafka consumer), prints one table (scenario, ours,
+//! baseline, ratio), writes `docs/benchmarks.md` with the exact commands, and draws one PNG per
+//! scenario into `docs/bench/` with `scripts/bench-plot.py`.
+//!
+//! It reports; it never asserts on timings.
+//!
+//! # Layout
+//! - `procs`: child processes, ports, `/metrics`, VmRSS.
+//! - `tools`: wrk / redis-benchmark / pgbench command lines and parsers.
+//! - `report`: table, notes, commands, plot specs, `docs/benchmarks.md`.
+//! - `scenarios`: the six scenarios.
+
+mod procs;
+mod report;
+mod scenarios;
+mod tools;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+/// Command-line options; the defaults are what `make bench` runs.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "statecast-bench",
+    about = "Run Statecast's benchmarks and write docs/benchmarks.md"
+)]
+pub struct Args {
+    /// Directory holding the release `profile-api` and `profile-consumer`.
+    #[arg(long, env = "STATECAST_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Repository root (where docs/ and scripts/ are).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Python with matplotlib, for the plots.
+    #[arg(long, env = "BENCH_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
+    /// Seconds of each load run.
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Connections of the HTTP, Redis and PostgreSQL load runs.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Profiles seeded for the read and write scenarios.
+    #[arg(long, default_value_t = 10_000)]
+    pub profiles: usize,
+    /// Sequential PUTs of fresh ids in the propagation part of scenario 3.
+    #[arg(long, default_value_t = 200)]
+    pub propagation_puts: usize,
+    /// Events produced for scenario 4.
+    #[arg(long, default_value_t = 10_000)]
+    pub consumer_events: usize,
+    /// Longest a consumer may take in scenario 4 before its rate is taken from what it did.
+    #[arg(long, default_value_t = 45)]
+    pub consumer_cap_secs: u64,
+    /// Concurrent GETs of the stampede.
+    #[arg(long, default_value_t = 500)]
+    pub stampede: usize,
+    /// Write nothing under docs/ (print the table only).
+    #[arg(long)]
+    pub no_docs: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let root = match &args.root {
+        Some(root) => root.clone(),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    }
+    .canonicalize()
+    .context("repository root")?;
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                        .join(".cache/statecast/target")
+                });
+            target.join("release")
+        }
+    };
+    let mut bench = scenarios::Bench::new(args.clone(), root, bin_dir).await?;
+    let outcome = bench.run_all().await;
+    bench.cleanup().await;
+    if let Err(error) = &outcome {
+        bench
+            .report
+            .note(format!("the run stopped early: {error:#}"));
+        eprintln!("[bench] run stopped early: {error:#}");
+    }
+    let took = started.elapsed();
+    bench.finish(took).await?;
+    outcome
+}
