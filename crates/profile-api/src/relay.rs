@@ -132,6 +132,9 @@ pub(crate) async fn run(state: Arc<AppState>, shutdown: CancellationToken) {
 }
 
 /// Publishes batches while we are the leader.
+/// Consecutive failed batches after which the producer is recreated.
+const RECREATE_AFTER_FAILED_BATCHES: u32 = 3;
+
 async fn lead(
     state: &Arc<AppState>,
     conn: &mut PgConnection,
@@ -140,6 +143,7 @@ async fn lead(
     shutdown: &CancellationToken,
 ) -> Result<(), RelayError> {
     let mut backoff = MIN_BACKOFF;
+    let mut failed_batches = 0u32;
     let mut last_cleanup: Option<Instant> = None;
     while !shutdown.is_cancelled() {
         if last_cleanup.is_none_or(|at| at.elapsed() >= CLEANUP_EVERY) {
@@ -169,15 +173,27 @@ async fn lead(
             state.metrics.set_outbox_pending(pending);
         }
         if failed {
+            failed_batches += 1;
             if let Some((code, reason)) = p.client().fatal_error() {
                 tracing::error!(?code, %reason, "Kafka producer failed fatally; recreating it");
                 *producer = None;
+            } else if failed_batches >= RECREATE_AFTER_FAILED_BATCHES {
+                // An idempotent producer can wedge without a fatal error when the broker it knew
+                // was replaced (its producer id is unknown to the new one): every send times out.
+                // A fresh producer gets a fresh id; the outbox rows are simply sent again.
+                tracing::warn!(
+                    failed_batches,
+                    "publishing keeps failing; recreating the Kafka producer"
+                );
+                *producer = None;
+                failed_batches = 0;
             }
             pause(backoff, shutdown).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         }
         backoff = MIN_BACKOFF;
+        failed_batches = 0;
         if taken < state.config.relay_batch_size {
             tokio::select! {
                 () = wake.notified() => {}

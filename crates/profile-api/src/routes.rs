@@ -494,8 +494,14 @@ fn server_span(request: &Request) -> Span {
     span
 }
 
-fn on_response(response: &Response, _latency: Duration, span: &Span) {
+fn on_response(response: &Response, latency: Duration, span: &Span) {
     span.record("http.response.status_code", response.status().as_u16());
+    // One line per request, inside its span: the log carries the request's trace id.
+    tracing::info!(
+        status = response.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "request completed"
+    );
     if response.status().is_server_error() {
         span.record("otel.status_code", "ERROR");
     }

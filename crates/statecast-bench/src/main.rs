@@ -55,10 +55,10 @@ pub struct Args {
     #[arg(long, default_value_t = 200)]
     pub propagation_puts: usize,
     /// Events produced for scenario 4.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 20_000)]
     pub consumer_events: usize,
     /// Longest a consumer may take in scenario 4 before its rate is taken from what it did.
-    #[arg(long, default_value_t = 45)]
+    #[arg(long, default_value_t = 30)]
     pub consumer_cap_secs: u64,
     /// Concurrent GETs of the stampede.
     #[arg(long, default_value_t = 500)]

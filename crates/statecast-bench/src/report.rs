@@ -50,8 +50,10 @@ pub(crate) struct Report {
 fn ratio(x: f64) -> String {
     if x >= 0.1 {
         format!("{x:.2}×")
+    } else if x >= 0.001 {
+        format!("{x:.3}×")
     } else {
-        format!("{x:.2e}×")
+        format!("{x:.1e}×")
     }
 }
 

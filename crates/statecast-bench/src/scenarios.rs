@@ -159,7 +159,8 @@ impl Bench {
     pub(crate) async fn run_all(&mut self) -> anyhow::Result<()> {
         let cores = std::thread::available_parallelism().map_or(0, usize::from);
         self.report.note(format!(
-            "Everything runs on one machine with {cores} cores: the load tools, the services under test, PostgreSQL, \
+            "The API runs with AUTH_DISABLED=true and RATE_LIMIT_PER_SECOND=0 (no per-subject rate limit: the load tools \
+             are one subject), so token checks and the limiter are not in its figures. Everything runs on one machine with {cores} cores: the load tools, the services under test, PostgreSQL, \
              Redis and the broker compete for the same CPUs, so the load generator takes CPU from whatever it \
              measures (ours and the baselines alike). Release builds; RUST_LOG=warn; no OpenTelemetry export."
         ));
@@ -215,6 +216,8 @@ impl Bench {
             ("EVENTS_TOPIC", self.topic.clone()),
             ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
             ("AUTH_DISABLED", "true".to_owned()),
+            // 0 turns the per-subject rate limit off: the load tools are one subject.
+            ("RATE_LIMIT_PER_SECOND", "0".to_owned()),
         ];
         env.extend(extra.iter().cloned());
         let line = CommandLine {
@@ -399,6 +402,7 @@ impl Bench {
         let (_, peaks) = line.output_watching(&self.root, &[api.proc.pid()]).await?;
         self.memory.api_s1 = peaks.first().copied();
         let wrk = read_wrk_json(&json)?;
+        self.warn_errors(S, wrk.error_count(), wrk.requests);
         let hits1 = cache_lookups(&self.http, &metrics).await?;
         let lookups: f64 = hits1.values().sum::<f64>() - hits0.values().sum::<f64>();
         let hit =
@@ -507,6 +511,7 @@ impl Bench {
         self.report.command(S, line.render());
         line.output(&self.root).await?;
         let wrk = read_wrk_json(&json)?;
+        self.warn_errors(S, wrk.error_count(), wrk.requests);
         let after = cache_lookups(&self.http, &metrics).await?;
         let total: f64 = after.values().sum::<f64>() - before.values().sum::<f64>();
         let mut shares: Vec<String> = after
@@ -596,14 +601,15 @@ impl Bench {
         let mut responded: HashMap<String, DateTime<Utc>> = HashMap::new();
         let mut cache_ms = Vec::new();
         let mut cache_missing = 0usize;
-        let loop_deadline = Instant::now() + Duration::from_secs(120);
+        let loop_deadline = Instant::now() + Duration::from_secs(150);
         for i in 0..self.args.propagation_puts {
             if Instant::now() > loop_deadline {
                 self.report.note(format!(
-                    "3: propagation loop stopped after {i} PUTs (120 s limit)"
+                    "3: propagation loop stopped after {i} PUTs (150 s limit)"
                 ));
                 break;
             }
+            jitter().await;
             let id = format!("prop-{i}-{suffix}");
             self.put(api, &id).await?;
             let at_response = Utc::now();
@@ -691,7 +697,25 @@ impl Bench {
                 self.args.propagation_puts
             ),
         );
+        let round_trip = match self.bare_round_trips(50).await {
+            Ok(p) => Some(p),
+            Err(error) => {
+                self.report.note(format!(
+                    "3: bare produce → consume baseline failed: {error:#}"
+                ));
+                None
+            }
+        };
+        self.report.command(
+            S,
+            "# baseline: 50 sequential records through a bare rdkafka FutureProducer → StreamConsumer \
+             (default client settings, fresh 6-partition topic), time from the producer's ack to recv()"
+                .to_owned(),
+        );
         let mut series: Vec<(String, Percentiles)> = Vec::new();
+        if let Some(p) = &round_trip {
+            series.push(("bare produce → consume".to_owned(), p.clone()));
+        }
         for (handler, mut ms, missing) in effects {
             if missing > 0 {
                 self.report.note(format!(
@@ -703,26 +727,47 @@ impl Bench {
                 continue;
             }
             let p = percentiles_of(&mut ms);
-            let what = "none (no reference pipeline)";
+            if handler == "relay" {
+                self.report.note(format!(
+                    "3: the relay picked each outbox row up (outbox.published_at, stamped with now() at the start of \
+                     its publishing transaction) {:.2} ms (p50) / {:.2} ms (p99) after the PUT's response arrived \
+                     (negative: before it), so propagation time is spent between the broker and the consumers; \
+                     compare the bare produce → consume baseline, which is bounded by librdkafka's default \
+                     fetch.wait.max.ms (500 ms) on this broker.",
+                    at(&p, 50.0),
+                    at(&p, 99.0)
+                ));
+                continue;
+            }
+            let (what, base50, base99) = match (&round_trip, handler) {
+                (Some(rt), _) => (
+                    "bare rdkafka produce → consume, default settings",
+                    Some(at(rt, 50.0)),
+                    Some(at(rt, 99.0)),
+                ),
+                (None, _) => ("none", None, None),
+            };
             self.report.row(
                 &format!("3 propagation → {handler}: p50"),
                 "ms",
                 Some(at(&p, 50.0)),
-                None,
+                base50,
                 what,
             );
             self.report.row(
                 &format!("3 propagation → {handler}: p99"),
                 "ms",
                 Some(at(&p, 99.0)),
-                None,
+                base99,
                 what,
             );
             series.push((format!("propagation → {handler}"), p));
         }
         self.report.note(
-            "3: propagation runs from the moment the PUT's response arrived to the consumer's effect; \"relay\" is the \
-             outbox row's published_at (the relay's stamp after the broker acknowledged), for splitting the path. PostgreSQL's now() \
+            "3: propagation runs from the moment the PUT's response arrived to the consumer's effect, over sequential PUTs of \
+             fresh ids 0-250 ms apart (random, so they do not phase-lock with the consumers' fetch cycles). \"relay\" is \
+             the outbox row's published_at, which the relay stamps with now() = the start of its publishing transaction: \
+             it shows when the relay picked the row up, not the broker's ack. PostgreSQL's now() \
              is the start of the consumer's transaction, so audit/analytics (now() defaults) understate by that \
              transaction's duration; email's sent_at is stamped after the SMTP transaction.",
         );
@@ -734,6 +779,7 @@ impl Bench {
         self.report.command(S, line.render());
         line.output(&self.root).await?;
         let wrk = read_wrk_json(&json)?;
+        self.warn_errors(S, wrk.error_count(), wrk.requests);
         let prefix = self.run_dir.join("pgbench-write");
         let pg = self.pgbench_line("write.sql", &prefix, &[]);
         self.report.command(S, pg.render());
@@ -760,19 +806,37 @@ impl Bench {
             "3: PUTs ran with the consumers stopped (the relay still publishes every event); wrk counted {} errors/non-2xx.",
             wrk.error_count()
         ));
-        let mut plot: Vec<(&str, &Percentiles)> = vec![
-            ("PUT (wrk)", &ours),
-            ("pgbench write transaction", &baseline),
-        ];
-        for (label, p) in &series {
-            plot.push((label, p));
-        }
         self.report.latency_plot(
             "s3-writes.png",
-            "3 PUT latency and propagation to each consumer",
+            "3 PUT /v1/profiles/{id} vs pgbench running the same transaction",
+            &[
+                ("PUT (wrk)", &ours),
+                ("pgbench write transaction", &baseline),
+            ],
+        );
+        let plot: Vec<(&str, &Percentiles)> = series
+            .iter()
+            .map(|(label, p)| (label.as_str(), p))
+            .collect();
+        self.report.latency_plot(
+            "s3-propagation.png",
+            "3 propagation: PUT response → each consumer's effect",
             &plot,
         );
         Ok(())
+    }
+
+    /// Flags a load run whose answers were not what it meant to measure.
+    fn warn_errors(&mut self, scenario: &str, errors: u64, requests: u64) {
+        if errors > 0 {
+            eprintln!(
+                "[bench] WARNING {scenario}: {errors} of {requests} requests failed or were not 2xx"
+            );
+            self.report.note(format!(
+                "WARNING {scenario}: {errors} of {requests} requests failed or were not 2xx; its figures \
+                 partly measure error answers"
+            ));
+        }
     }
 
     async fn put(&self, api: &Api, id: &str) -> anyhow::Result<()> {
@@ -808,7 +872,7 @@ impl Bench {
         self.produce(&topic, n).await?;
         self.report.command(
             S,
-            format!("# {n} UserUpdated events (1,000 users × versions 1..) produced to {topic} (6 partitions) by statecast-bench (rdkafka FutureProducer)"),
+            format!("# {n} events ({} users × versions 1..10, UserCreated then UserUpdated, keyed by user) produced to {topic} (6 partitions) by statecast-bench (rdkafka FutureProducer)", (n / 10).max(1)),
         );
 
         let mut bars = Vec::new();
@@ -872,9 +936,11 @@ impl Bench {
             bars.push(("bare rdkafka".to_owned(), b));
         }
         self.report.note(
-            "4: rates run from the first handled record to the last (start-up and group join excluded), read from \
-             consumer_records_total (all results) on /metrics every 50 ms; each handler has its own replica, group \
-             and database tables. The email handler delivers to the stack's SMTP sink.",
+            "4: a replica's rate runs from its first handled record to the last (process start-up and group join \
+             excluded), read from consumer_records_total (all results) on /metrics every 50 ms, so a fast handler's \
+             figure carries ±50 ms of that sampling; each handler has its own replica, group and tables. The bare \
+             baseline runs from its partition assignment to its last record and does no work per record. The email \
+             handler sends one mail per record to the stack's SMTP sink (aiosmtpd), which bounds it.",
         );
         self.report.bar_plot(
             "s4-consumers.png",
@@ -945,31 +1011,100 @@ impl Bench {
         n: usize,
         cap: Duration,
     ) -> anyhow::Result<Option<f64>> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let assigned = AssignClock::default();
+        let consumer: StreamConsumer<AssignClock> = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", testkit::unique("bench-bare"))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
-            .create()?;
+            .create_with_context(assigned.clone())?;
         consumer.subscribe(&[topic])?;
         let mut count = 0usize;
-        let mut first: Option<Instant> = None;
         let give_up = Instant::now() + cap + Duration::from_secs(30);
         while count < n && Instant::now() < give_up {
             match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
                 Ok(Ok(message)) => {
                     let _ = message.payload();
-                    first.get_or_insert_with(Instant::now);
                     count += 1;
                 }
                 Ok(Err(error)) => eprintln!("[bench] bare consumer: {error}"),
                 Err(_) => {}
             }
         }
-        Ok(first.and_then(|t0| {
-            let secs = t0.elapsed().as_secs_f64();
-            (secs > 0.0 && count > 1).then(|| (count - 1) as f64 / secs)
+        let done = Instant::now();
+        Ok(assigned.at().and_then(|t0| {
+            let secs = done.duration_since(t0).as_secs_f64();
+            (secs > 0.0 && count > 0).then(|| count as f64 / secs)
         }))
+    }
+
+    /// Produce → receive latency of a bare rdkafka producer and StreamConsumer with default
+    /// settings: the broker and client floor under every propagation figure.
+    async fn bare_round_trips(&self, samples: usize) -> anyhow::Result<Percentiles> {
+        let topic = testkit::unique("bench-roundtrip");
+        testkit::create_topic(&self.brokers, &topic, 6).await?;
+        let assigned = AssignClock::default();
+        let consumer: Arc<StreamConsumer<AssignClock>> = Arc::new(
+            ClientConfig::new()
+                .set("bootstrap.servers", &self.brokers)
+                .set("group.id", testkit::unique("bench-roundtrip"))
+                .set("auto.offset.reset", "earliest")
+                .create_with_context(assigned.clone())?,
+        );
+        consumer.subscribe(&[topic.as_str()])?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+        let reader = {
+            let consumer = consumer.clone();
+            tokio::spawn(async move {
+                while let Ok(message) = consumer.recv().await {
+                    let key = message
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default();
+                    if tx.send((key, Instant::now())).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()?;
+        let mut latencies = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // Sample 0 is a warm-up (assignment, offset look-up); it is not counted.
+        for i in 0..=samples {
+            if Instant::now() > deadline {
+                break;
+            }
+            let key = format!("rt-{i}");
+            let record = FutureRecord::to(&topic).key(&key).payload("x");
+            if producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            let acked = Instant::now();
+            let wait = if i == 0 { 30 } else { 5 };
+            while let Ok(Some((got, at))) =
+                tokio::time::timeout(Duration::from_secs(wait), rx.recv()).await
+            {
+                if got == key {
+                    if i > 0 {
+                        latencies.push(at.duration_since(acked).as_secs_f64() * 1000.0);
+                    }
+                    break;
+                }
+            }
+            jitter().await;
+        }
+        reader.abort();
+        if assigned.at().is_none() || latencies.is_empty() {
+            bail!("bare round trip: no record came back");
+        }
+        Ok(percentiles_of(&mut latencies))
     }
 
     /// Scenario 5: 500 concurrent GETs of one key right after it was removed from the cache.
@@ -1007,6 +1142,7 @@ impl Bench {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         by_cache.sort();
+        self.warn_errors(S, failed as u64, n as u64);
         let ours = percentiles_of(&mut latencies);
         self.report.command(
             S,
@@ -1211,6 +1347,39 @@ fn refreshed_entry(raw: &str) -> bool {
         .and_then(serde_json::Value::as_i64)
         .is_some_and(|v| v >= 1)
         || value.get("k").and_then(serde_json::Value::as_str) == Some("p")
+}
+
+/// A random pause of 0-250 ms between sequential writes, so they do not phase-lock with the
+/// consumers' fetch cycles (librdkafka's fetch.wait.max.ms is 500 ms by default).
+async fn jitter() {
+    let ms: u64 = rand::random_range(0..250);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Remembers when a consumer first got partitions assigned.
+#[derive(Clone, Default)]
+struct AssignClock(Arc<std::sync::Mutex<Option<Instant>>>);
+
+impl AssignClock {
+    fn at(&self) -> Option<Instant> {
+        self.0.lock().ok().and_then(|t| *t)
+    }
+}
+
+impl rdkafka::ClientContext for AssignClock {}
+
+impl rdkafka::consumer::ConsumerContext for AssignClock {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if matches!(rebalance, rdkafka::consumer::Rebalance::Assign(_))
+            && let Ok(mut at) = self.0.lock()
+        {
+            at.get_or_insert_with(Instant::now);
+        }
+    }
 }
 
 /// `profile_cache_lookups_total` by result label.
