@@ -50,6 +50,15 @@ async fn put(app: &common::TestApp, id: &str, bearer: Option<&str>) -> reqwest::
     request.send().await.unwrap()
 }
 
+async fn get(app: &common::TestApp, id: &str, bearer: &str) -> reqwest::Response {
+    app.http
+        .get(app.url(&format!("/v1/profiles/{id}")))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status().as_u16(), status);
     assert_eq!(
@@ -84,13 +93,7 @@ async fn missing_expired_foreign_and_forged_tokens_are_401_problems() {
     ];
     for token in bad {
         assert_problem(put(&app, &id, Some(&token)).await, 401).await;
-        let read = app
-            .http
-            .get(app.url(&format!("/v1/profiles/{id}")))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let read = get(&app, &id, &token).await;
         assert_problem(read, 401).await;
     }
     // Probes stay public.
@@ -116,13 +119,7 @@ async fn a_user_may_write_their_own_profile_and_an_admin_anyone_s() {
     let admin = token(claims("ops", "profiles:read profiles:admin", 300), SECRET);
     assert_eq!(put(&app, &bob, Some(&admin)).await.status().as_u16(), 201);
     // Reading another user's profile needs a valid token, not ownership.
-    let read = app
-        .http
-        .get(app.url(&format!("/v1/profiles/{bob}")))
-        .bearer_auth(&alice_token)
-        .send()
-        .await
-        .unwrap();
+    let read = get(&app, &bob, &alice_token).await;
     assert_eq!(read.status().as_u16(), 200);
 }
 
@@ -145,13 +142,7 @@ async fn exceeding_the_rate_limit_gives_429_with_retry_after_and_recovers() {
     let t = token(claims(&id, "", 300), SECRET);
     let mut statuses = Vec::new();
     for _ in 0..6 {
-        let r = app
-            .http
-            .get(app.url(&format!("/v1/profiles/{id}")))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .unwrap();
+        let r = get(&app, &id, &t).await;
         if r.status().as_u16() == 429 {
             assert!(r.headers().contains_key("retry-after"));
             assert_problem(r, 429).await;
@@ -164,23 +155,11 @@ async fn exceeding_the_rate_limit_gives_429_with_retry_after_and_recovers() {
     assert!(statuses.contains(&429), "the limit never hit: {statuses:?}");
     // Another subject is unaffected.
     let other = token(claims("someone-else", "", 300), SECRET);
-    let r = app
-        .http
-        .get(app.url(&format!("/v1/profiles/{id}")))
-        .bearer_auth(&other)
-        .send()
-        .await
-        .unwrap();
+    let r = get(&app, &id, &other).await;
     assert_eq!(r.status().as_u16(), 404);
     // The bucket refills at 2/s.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let r = app
-        .http
-        .get(app.url(&format!("/v1/profiles/{id}")))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
+    let r = get(&app, &id, &t).await;
     assert_eq!(r.status().as_u16(), 404);
 }
 
