@@ -289,7 +289,11 @@ async fn broker_frozen_mid_stream_loses_and_doubles_nothing() {
     // recognise such a redelivery by its event id (a duplicate), while cache-refresh, which
     // deduplicates by version alone, counts an old redelivery as stale: it is left out here.
     let mut stale = 0.0;
-    for consumer in system.consumers.iter().filter(|c| c.handler != "cache-refresh") {
+    for consumer in system
+        .consumers
+        .iter()
+        .filter(|c| c.handler != "cache-refresh")
+    {
         let text = get_text(&format!("{}/metrics", consumer.url))
             .await
             .unwrap();

@@ -15,6 +15,8 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use rdkafka::ClientConfig;
 use rdkafka::Message as _;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -70,6 +72,7 @@ pub(crate) struct Bench {
     pub(crate) report: Report,
     db_url: String,
     extra_dbs: Vec<String>,
+    topics: std::sync::Mutex<Vec<String>>,
     brokers: String,
     redis_host: String,
     topic: String,
@@ -125,6 +128,7 @@ impl Bench {
             report: Report::default(),
             db_url,
             extra_dbs: Vec::new(),
+            topics: std::sync::Mutex::new(vec![topic.clone(), format!("{topic}.dlq")]),
             brokers,
             redis_host,
             topic,
@@ -765,9 +769,7 @@ impl Bench {
         }
         self.report.note(
             "3: propagation runs from the moment the PUT's response arrived to the consumer's effect, over sequential PUTs of \
-             fresh ids 0-250 ms apart (random, so they do not phase-lock with the consumers' fetch cycles). \"relay\" is \
-             the outbox row's published_at, which the relay stamps with now() = the start of its publishing transaction: \
-             it shows when the relay picked the row up, not the broker's ack. PostgreSQL's now() \
+             fresh ids 0-250 ms apart (random, so they do not phase-lock with the consumers' fetch cycles). PostgreSQL's now() \
              is the start of the consumer's transaction, so audit/analytics (now() defaults) understate by that \
              transaction's duration; email's sent_at is stamped after the SMTP transaction.",
         );
@@ -826,6 +828,12 @@ impl Bench {
         Ok(())
     }
 
+    fn remember_topics(&self, names: &[&str]) {
+        if let Ok(mut topics) = self.topics.lock() {
+            topics.extend(names.iter().map(|n| (*n).to_owned()));
+        }
+    }
+
     /// Flags a load run whose answers were not what it meant to measure.
     fn warn_errors(&mut self, scenario: &str, errors: u64, requests: u64) {
         if errors > 0 {
@@ -869,6 +877,7 @@ impl Bench {
         let topic = testkit::unique("bench-consume");
         testkit::create_topic(&self.brokers, &topic, 6).await?;
         testkit::create_topic(&self.brokers, &format!("{topic}.dlq"), 1).await?;
+        self.remember_topics(&[&topic, &format!("{topic}.dlq")]);
         self.produce(&topic, n).await?;
         self.report.command(
             S,
@@ -1043,6 +1052,7 @@ impl Bench {
     async fn bare_round_trips(&self, samples: usize) -> anyhow::Result<Percentiles> {
         let topic = testkit::unique("bench-roundtrip");
         testkit::create_topic(&self.brokers, &topic, 6).await?;
+        self.remember_topics(&[&topic]);
         let assigned = AssignClock::default();
         let consumer: Arc<StreamConsumer<AssignClock>> = Arc::new(
             ClientConfig::new()
@@ -1269,6 +1279,17 @@ impl Bench {
                         .execute(&mut admin)
                         .await;
                 }
+            }
+        }
+        let topics: Vec<String> = self.topics.lock().map(|t| t.clone()).unwrap_or_default();
+        let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create();
+        if let Ok(admin) = admin {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            if let Err(error) = admin.delete_topics(&names, &options).await {
+                eprintln!("[bench] cleanup: delete topics: {error}");
             }
         }
         let mut removed = 0usize;
