@@ -182,6 +182,8 @@ fn profile_response(
         (status = 304, description = "Not modified"),
         (status = 404, description = "No such profile", body = problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid id", body = problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token (unless PUBLIC_READS)", body = problem::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit exceeded (Retry-After)", body = problem::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable and not cached", body = problem::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -227,6 +229,9 @@ pub(crate) async fn get_profile(
         (status = 413, description = "Body over 64 KiB", body = problem::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token may not change this profile", body = problem::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit exceeded (Retry-After)", body = problem::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = problem::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -271,6 +276,9 @@ pub(crate) async fn put_profile(
         (status = 413, description = "Body over 64 KiB", body = problem::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Wrong content type", body = problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid result or server field", body = problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token may not change this profile", body = problem::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit exceeded (Retry-After)", body = problem::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = problem::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -322,6 +330,9 @@ fn is_server_field(field: &str) -> bool {
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such profile", body = problem::Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match failed", body = problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token may not change this profile", body = problem::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit exceeded (Retry-After)", body = problem::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = problem::Problem, content_type = "application/problem+json"),
     )
 )]
