@@ -170,3 +170,76 @@ async fn auth_without_a_key_source_refuses_to_start() {
     let error = profile_api::build(config).await.err().unwrap();
     assert!(error.to_string().contains("AUTH_DISABLED=true"), "{error}");
 }
+
+/// An ES256 key pair built from fixed bytes: the private half as PKCS#8 DER for signing, the
+/// public half as a JWK.
+fn ec_key(seed: u8, kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
+    use base64::Engine as _;
+    use p256::pkcs8::EncodePrivateKey as _;
+    let secret = p256::SecretKey::from_slice(&[seed; 32]).unwrap();
+    let der = secret.to_pkcs8_der().unwrap();
+    let point =
+        p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&secret.public_key(), false);
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+                     "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())});
+    (EncodingKey::from_ec_der(der.as_bytes()), jwk)
+}
+
+fn es256(key: &jsonwebtoken::EncodingKey, kid: &str, claims: &Value) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+#[tokio::test]
+async fn tokens_are_verified_against_a_jwks_fetched_once_and_cached() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (signing, jwk) = ec_key(7, "k1");
+    let (forger, _) = ec_key(9, "k1");
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counter = fetches.clone();
+    let jwks = json!({"keys": [jwk]});
+    let server = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let body = jwks.clone();
+            async move { axum::Json(body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, server).await });
+
+    let mut config = common::fresh_config("jwks").await;
+    config.auth_disabled = false;
+    config.auth_jwks_url = Some(jwks_url);
+    config.auth_issuer = Some(ISSUER.into());
+    config.auth_audience = Some(AUDIENCE.into());
+    let app = common::start(config, false).await;
+    let id = common::user("jwks");
+
+    let good = es256(&signing, "k1", &claims(&id, "", 300));
+    assert_eq!(put(&app, &id, Some(&good)).await.status().as_u16(), 201);
+    assert_eq!(get(&app, &id, &good).await.status().as_u16(), 200);
+    // Same kid, another key: the signature does not verify.
+    let forged = es256(&forger, "k1", &claims(&id, "", 300));
+    assert_problem(put(&app, &id, Some(&forged)).await, 401).await;
+    // An HS256 token is not accepted where a JWKS is configured.
+    assert_problem(
+        put(&app, &id, Some(&token(claims(&id, "", 300), SECRET))).await,
+        401,
+    )
+    .await;
+    // An unknown kid triggers at most one refetch, then 401.
+    let unknown = es256(&signing, "k2", &claims(&id, "", 300));
+    assert_problem(put(&app, &id, Some(&unknown)).await, 401).await;
+    assert_problem(put(&app, &id, Some(&unknown)).await, 401).await;
+    assert!(
+        fetches.load(Ordering::SeqCst) <= 2,
+        "the JWKS was fetched {} times",
+        fetches.load(Ordering::SeqCst)
+    );
+}
