@@ -32,14 +32,23 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Sets up logs and traces (the standard `OTEL_*` variables), runs, and flushes spans on exit.
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .json()
-        .init();
+    let mut telemetry_config =
+        statecast_telemetry::TelemetryConfig::from_env("profile-operator")?;
+    if std::env::var_os("RUST_LOG").is_none() {
+        telemetry_config.log_filter = "info,kube=warn".to_owned();
+    }
+    let telemetry = statecast_telemetry::init(&telemetry_config)?;
+    let result = operate(args).await;
+    if let Err(error) = &result {
+        tracing::error!(error = format!("{error:#}"), "profile-operator stopped");
+    }
+    telemetry.shutdown().await;
+    result
+}
+
+async fn operate(args: RunArgs) -> anyhow::Result<()> {
 
     // SIGTERM/SIGINT flip this; every long-running part watches it.
     let (stop_tx, stop_rx) = watch::channel(false);
