@@ -1,62 +1,14 @@
 //! `/healthz` (the process runs), `/readyz` (the consumer joined its group and got an assignment,
 //! possibly empty) and `/metrics` (Prometheus text format).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use prometheus_client::registry::Registry;
 
-/// Shared state of the HTTP endpoints.
-#[derive(Clone)]
-pub struct AppState {
-    /// Metrics to export.
-    pub registry: Arc<Registry>,
-    /// Set by the rebalance hook once the group assigned partitions (or none) to this member.
-    pub ready: Arc<AtomicBool>,
-}
+/// Shared state of the HTTP endpoints (metrics registry, readiness flag).
+pub use statecast_telemetry::probes::ProbeState as AppState;
 
-/// The router of the consumer's HTTP endpoints.
+/// The router of the HTTP endpoints.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
-}
-
-async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
-        "ready".into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not yet in the consumer group",
-        )
-            .into_response()
-    }
-}
-
-async fn metrics(State(state): State<AppState>) -> Response {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "encoding metrics failed");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
+    statecast_telemetry::probes::router(state, "not yet in the consumer group")
 }
 
 #[cfg(test)]
@@ -66,6 +18,10 @@ mod tests {
     use crate::metrics::{Metrics, RecordResult};
     use axum::body::Body;
     use axum::http::Request;
+    use axum::http::StatusCode;
+    use prometheus_client::registry::Registry;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use tower::ServiceExt;
 
     async fn get(router: Router, uri: &str) -> (StatusCode, String) {

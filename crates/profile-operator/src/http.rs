@@ -3,58 +3,14 @@
 //!
 //! Readiness does not depend on leadership: a standby replica is healthy and ready to take over.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use axum::Router;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Router, response::Response};
-use prometheus_client::registry::Registry;
+/// Shared state of the HTTP endpoints (metrics registry, readiness flag).
+pub use statecast_telemetry::probes::ProbeState as AppState;
 
-/// Shared state of the HTTP endpoints.
-#[derive(Clone)]
-pub struct AppState {
-    /// Metrics to export.
-    pub registry: Arc<Registry>,
-    /// Set once the start-up checks passed.
-    pub ready: Arc<AtomicBool>,
-}
-
-/// The router of the operator's HTTP endpoints.
+/// The router of the HTTP endpoints.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
-}
-
-async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
-        "ready".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
-    }
-}
-
-async fn metrics(State(state): State<AppState>) -> Response {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "encoding metrics failed");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
+    statecast_telemetry::probes::router(state, "starting")
 }
 
 #[cfg(test)]
@@ -63,7 +19,11 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use axum::body::Body;
+    use axum::http::StatusCode;
     use http::Request;
+    use prometheus_client::registry::Registry;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use tower::ServiceExt;
 
     fn state() -> AppState {

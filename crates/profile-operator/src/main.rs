@@ -34,8 +34,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// Sets up logs and traces (the standard `OTEL_*` variables), runs, and flushes spans on exit.
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut telemetry_config =
-        statecast_telemetry::TelemetryConfig::from_env("profile-operator")?;
+    let mut telemetry_config = statecast_telemetry::TelemetryConfig::from_env("profile-operator")?;
     if std::env::var_os("RUST_LOG").is_none() {
         telemetry_config.log_filter = "info,kube=warn".to_owned();
     }
@@ -49,7 +48,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn operate(args: RunArgs) -> anyhow::Result<()> {
-
     // SIGTERM/SIGINT flip this; every long-running part watches it.
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

@@ -7,12 +7,14 @@
 //! - [`init`] / [`Telemetry`]: install the subscriber and tracer provider; flush on shutdown.
 //! - [`logfmt`]: the JSON log line format that carries `trace_id` and `span_id`.
 //! - [`kafka`]: injector and extractor of trace context over rdkafka headers.
+//! - [`probes`]: `/healthz`, `/readyz` and `/metrics` of the workloads.
 //!
 //! With no OTLP endpoint configured nothing is exported and nothing is logged about it: spans
 //! still get ids (so logs and Kafka headers carry them), they just go nowhere.
 
 pub mod kafka;
 pub mod logfmt;
+pub mod probes;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
