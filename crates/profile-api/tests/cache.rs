@@ -183,15 +183,7 @@ async fn with_redis_down_reads_bypass_the_cache_and_writes_succeed() {
     assert_eq!(x_cache(&got), "bypass");
     let got: Value = got.json().await.unwrap();
     assert_eq!((got["name"].as_str(), version_of(&got)), (Some("B"), 2));
-    let ready: Value = t
-        .http
-        .get(t.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = t.get_json("/readyz").await;
     assert_eq!(ready["redis"], "down");
     assert_eq!(ready["status"], "degraded");
 

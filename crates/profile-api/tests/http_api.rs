@@ -315,15 +315,7 @@ async fn operational_endpoints_answer() {
     let id = user("ops");
     t.put(&id, &body("A")).await;
     t.get(&id).await;
-    let metrics = t
-        .http
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.get_text("/metrics").await;
     for name in [
         "profile_cache_lookups_total",
         "profile_db_loads_total",
@@ -337,15 +329,7 @@ async fn operational_endpoints_answer() {
     }
     assert!(metrics.contains("route=\"/v1/profiles/{id}\""), "{metrics}");
 
-    let doc: Value = t
-        .http
-        .get(t.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = t.get_json("/openapi.json").await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     let paths = doc["paths"].as_object().unwrap();
     for path in [

@@ -90,18 +90,26 @@ impl TestApp {
             .unwrap()
     }
 
-    /// A metric's value from `/metrics` (sum over label sets that contain `labels`).
-    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
+    /// The body of `GET path` as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(self.url(path))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        metric_value(&text, name, labels)
+            .unwrap()
+    }
+
+    /// The body of `GET path` as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        serde_json::from_str(&self.get_text(path).await).unwrap()
+    }
+
+    /// A metric's value from `/metrics` (sum over label sets that contain `labels`).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        metric_value(&self.get_text("/metrics").await, name, labels)
     }
 }
 
