@@ -28,7 +28,7 @@ use crate::Args;
 use crate::procs::{Proc, free_port, scrape, wait_ready};
 use crate::report::Report;
 use crate::tools::{
-    CommandLine, Percentiles, at, parse_pgbench_tps, parse_redis_csv, percentiles_of,
+    CommandLine, Percentiles, WrkSummary, at, parse_pgbench_tps, parse_redis_csv, percentiles_of,
     read_pgbench_logs, read_wrk_json,
 };
 
@@ -369,6 +369,42 @@ impl Bench {
         .env("WRK_JSON", &json.display().to_string())
     }
 
+    /// Runs `script` under pgbench as the baseline of a wrk run and reports requests/s and p99
+    /// side by side; returns (ours, baseline) latency percentiles for the plot.
+    async fn against_pgbench(
+        &mut self,
+        scenario: &str,
+        label: &str,
+        wrk: &WrkSummary,
+        script: &str,
+        what: &str,
+    ) -> anyhow::Result<(Percentiles, Percentiles)> {
+        let prefix = self
+            .run_dir
+            .join(format!("pgbench-{}", script.trim_end_matches(".sql")));
+        let pg = self.pgbench_line(script, &prefix, &[]);
+        self.report.command(scenario, pg.render());
+        let out = pg.output(&self.root).await?;
+        let tps = parse_pgbench_tps(&out)?;
+        let baseline = percentiles_of(&mut read_pgbench_logs(&prefix)?);
+        let ours = wrk.percentiles_ms();
+        self.report.row(
+            &format!("{label}: requests/s"),
+            "req/s",
+            Some(wrk.rps()),
+            Some(tps),
+            what,
+        );
+        self.report.row(
+            &format!("{label}: p99"),
+            "ms",
+            Some(at(&ours, 99.0)),
+            Some(at(&baseline, 99.0)),
+            what,
+        );
+        Ok((ours, baseline))
+    }
+
     fn pgbench_line(&self, script: &str, log_prefix: &Path, extra: &[&str]) -> CommandLine {
         let mut argv: Vec<String> = vec![
             "pgbench".into(),
@@ -535,29 +571,15 @@ impl Bench {
             self.args.concurrency
         ));
 
-        let prefix = self.run_dir.join("pgbench-select");
-        let pg = self.pgbench_line("select.sql", &prefix, &[]);
-        self.report.command(S, pg.render());
-        let out = pg.output(&self.root).await?;
-        let tps = parse_pgbench_tps(&out)?;
-        let baseline = percentiles_of(&mut read_pgbench_logs(&prefix)?);
-
-        let ours = wrk.percentiles_ms();
-        let what = "pgbench select-only, same query and table";
-        self.report.row(
-            "2 cache-miss GET: requests/s",
-            "req/s",
-            Some(wrk.rps()),
-            Some(tps),
-            what,
-        );
-        self.report.row(
-            "2 cache-miss GET: p99",
-            "ms",
-            Some(at(&ours, 99.0)),
-            Some(at(&baseline, 99.0)),
-            what,
-        );
+        let (ours, baseline) = self
+            .against_pgbench(
+                S,
+                "2 cache-miss GET",
+                &wrk,
+                "select.sql",
+                "pgbench select-only, same query and table",
+            )
+            .await?;
         self.report.latency_plot(
             "s2-cache-miss.png",
             "2 cache-miss GET vs pgbench SELECT",
@@ -782,28 +804,15 @@ impl Bench {
         line.output(&self.root).await?;
         let wrk = read_wrk_json(&json)?;
         self.warn_errors(S, wrk.error_count(), wrk.requests);
-        let prefix = self.run_dir.join("pgbench-write");
-        let pg = self.pgbench_line("write.sql", &prefix, &[]);
-        self.report.command(S, pg.render());
-        let out = pg.output(&self.root).await?;
-        let tps = parse_pgbench_tps(&out)?;
-        let baseline = percentiles_of(&mut read_pgbench_logs(&prefix)?);
-        let ours = wrk.percentiles_ms();
-        let what = "pgbench running the API's write transaction";
-        self.report.row(
-            "3 PUT: requests/s",
-            "req/s",
-            Some(wrk.rps()),
-            Some(tps),
-            what,
-        );
-        self.report.row(
-            "3 PUT: p99",
-            "ms",
-            Some(at(&ours, 99.0)),
-            Some(at(&baseline, 99.0)),
-            what,
-        );
+        let (ours, baseline) = self
+            .against_pgbench(
+                S,
+                "3 PUT",
+                &wrk,
+                "write.sql",
+                "pgbench running the API's write transaction",
+            )
+            .await?;
         self.report.note(format!(
             "3: PUTs ran with the consumers stopped (the relay still publishes every event); wrk counted {} errors/non-2xx.",
             wrk.error_count()
