@@ -74,7 +74,11 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let root = match &args.root {
         Some(root) => root.clone(),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
+        // `cargo run` sets the manifest dir at run time; the compile-time one may name another
+        // checkout when the build cache is shared.
+        None => std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+            .join("../.."),
     }
     .canonicalize()
     .context("repository root")?;

@@ -228,11 +228,12 @@ mod tests {
 
     #[test]
     fn checked_in_json_schema_matches_the_rust_type() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/schemas/profile-event.schema.json"
-        );
-        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        // The run-time manifest dir: a shared build cache may hold this test compiled elsewhere.
+        let dir = std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+        let path = format!("{dir}/schemas/profile-event.schema.json");
+        let on_disk = std::fs::read_to_string(&path)
+            .unwrap_or_else(|error| panic!("cannot read {path}: {error}"));
         assert!(
             on_disk == json_schema(),
             "{path} drifted from the ProfileEvent type; regenerate it with \

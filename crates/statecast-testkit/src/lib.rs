@@ -64,9 +64,19 @@ pub fn maildir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join(".stack/mail"))
 }
 
-/// The workspace root (two levels above this crate).
+/// The workspace root of the checkout under test: the nearest folder holding `Cargo.lock`
+/// above the running test's package (`CARGO_MANIFEST_DIR` as cargo and nextest set it at run
+/// time). The compile-time path is only a fallback: a build cache shared by several checkouts
+/// can hold test binaries compiled in another one.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    start
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."))
 }
 
 /// A name no other test uses: `prefix-<uuid v7 simple>` (valid as topic, group and database
