@@ -187,20 +187,46 @@ fn ec_key(seed: u8, kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
 }
 
 fn es256(key: &jsonwebtoken::EncodingKey, kid: &str, claims: &Value) -> String {
-    let mut header = Header::new(Algorithm::ES256);
+    signed(Algorithm::ES256, key, kid, claims)
+}
+
+/// A fresh RS256 key pair: the private half for signing, the public half as a JWK.
+fn rsa_key(kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
+    use base64::Engine as _;
+    use rsa::pkcs1::EncodeRsaPrivateKey as _;
+    use rsa::traits::PublicKeyParts as _;
+    let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+    let der = private.to_pkcs1_der().unwrap();
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let jwk = json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+                     "n": b64(&private.n().to_bytes_be()), "e": b64(&private.e().to_bytes_be())});
+    (EncodingKey::from_rsa_der(der.as_bytes()), jwk)
+}
+
+fn signed(
+    algorithm: Algorithm,
+    key: &jsonwebtoken::EncodingKey,
+    kid: &str,
+    claims: &Value,
+) -> String {
+    let mut header = Header::new(algorithm);
     header.kid = Some(kid.to_owned());
     jsonwebtoken::encode(&header, claims, key).unwrap()
 }
 
-#[tokio::test]
-async fn tokens_are_verified_against_a_jwks_fetched_once_and_cached() {
+/// Serves `keys` as a JWKS and starts the API against it; returns the API and a count of the
+/// JWKS fetches.
+async fn behind_jwks(
+    keys: Vec<Value>,
+) -> (
+    common::TestApp,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let (signing, jwk) = ec_key(7, "k1");
-    let (forger, _) = ec_key(9, "k1");
     let fetches = Arc::new(AtomicUsize::new(0));
     let counter = fetches.clone();
-    let jwks = json!({"keys": [jwk]});
+    let jwks = json!({ "keys": keys });
     let server = axum::Router::new().route(
         "/jwks.json",
         axum::routing::get(move || {
@@ -218,7 +244,36 @@ async fn tokens_are_verified_against_a_jwks_fetched_once_and_cached() {
     config.auth_jwks_url = Some(jwks_url);
     config.auth_issuer = Some(ISSUER.into());
     config.auth_audience = Some(AUDIENCE.into());
-    let app = common::start(config, false).await;
+    (common::start(config, false).await, fetches)
+}
+
+#[tokio::test]
+async fn rs256_tokens_verify_against_the_jwks_and_a_foreign_key_does_not() {
+    let (signing, jwk) = rsa_key("r1");
+    let (forger, _) = rsa_key("r1");
+    let (app, _) = behind_jwks(vec![jwk]).await;
+    let id = common::user("rs256");
+    let good = signed(Algorithm::RS256, &signing, "r1", &claims(&id, "", 300));
+    assert_eq!(put(&app, &id, Some(&good)).await.status().as_u16(), 201);
+    assert_eq!(get(&app, &id, &good).await.status().as_u16(), 200);
+    let forged = signed(Algorithm::RS256, &forger, "r1", &claims(&id, "", 300));
+    assert_problem(put(&app, &id, Some(&forged)).await, 401).await;
+    // The right key but someone else's profile: authenticated, not authorised.
+    let other = signed(
+        Algorithm::RS256,
+        &signing,
+        "r1",
+        &claims("someone-else", "", 300),
+    );
+    assert_problem(put(&app, &id, Some(&other)).await, 403).await;
+}
+
+#[tokio::test]
+async fn tokens_are_verified_against_a_jwks_fetched_once_and_cached() {
+    use std::sync::atomic::Ordering;
+    let (signing, jwk) = ec_key(7, "k1");
+    let (forger, _) = ec_key(9, "k1");
+    let (app, fetches) = behind_jwks(vec![jwk]).await;
     let id = common::user("jwks");
 
     let good = es256(&signing, "k1", &claims(&id, "", 300));

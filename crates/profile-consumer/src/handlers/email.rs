@@ -15,15 +15,13 @@
 //! second delivery — with the same Message-ID, which mail systems use to drop duplicates. The
 //! opposite failure (a lost mail) cannot happen: the reservation is durable before sending.
 
-use std::time::Duration;
-
+use lettre::Message;
 use lettre::message::{Mailbox, header::ContentType};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sqlx::{PgConnection, PgPool};
 use statecast_events::{EventType, ProfileEvent};
 use uuid::Uuid;
 
+use super::smtp::Mailer;
 use super::{Delivery, HandlerError, Outcome};
 use crate::store::{self, VersionDecision};
 
@@ -79,7 +77,7 @@ impl SmtpSettings {
 #[derive(Debug, Clone)]
 pub struct Email {
     pool: PgPool,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    mailer: Mailer,
     from: Mailbox,
 }
 
@@ -89,15 +87,9 @@ impl Email {
         let from: Mailbox = from
             .parse()
             .map_err(|e| crate::Error::Config(format!("MAIL_FROM {from:?}: {e}")))?;
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
-            .port(smtp.port)
-            .timeout(Some(Duration::from_secs(10)));
-        if let Some((user, password)) = &smtp.credentials {
-            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
-        }
         Ok(Self {
             pool,
-            transport: builder.build(),
+            mailer: Mailer::new(smtp.clone()),
             from,
         })
     }
@@ -182,8 +174,7 @@ impl Email {
 
     #[tracing::instrument(name = "smtp send", skip_all, err)]
     async fn send(&self, message: Message) -> Result<(), HandlerError> {
-        self.transport.send(message).await?;
-        Ok(())
+        self.mailer.send(&message).await
     }
 }
 

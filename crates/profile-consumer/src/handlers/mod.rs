@@ -13,6 +13,7 @@ pub mod analytics;
 pub mod audit;
 pub mod cache_refresh;
 pub mod email;
+pub mod smtp;
 
 use statecast_events::ProfileEvent;
 
@@ -52,6 +53,9 @@ pub enum HandlerError {
     /// The SMTP server failed (transient: retried).
     #[error("smtp: {0}")]
     Smtp(#[from] lettre::transport::smtp::Error),
+    /// The SMTP server could not be reached, or did not answer in time (transient: retried).
+    #[error("smtp: {0}")]
+    SmtpConnect(String),
     /// The event can never be applied (permanent: dead-lettered at once).
     #[error("rejected: {0}")]
     Rejected(String),
@@ -68,7 +72,7 @@ impl HandlerError {
         match self {
             Self::Database(_) => "database",
             Self::Redis(_) => "redis",
-            Self::Smtp(_) => "smtp",
+            Self::Smtp(_) | Self::SmtpConnect(_) => "smtp",
             Self::Rejected(_) => "rejected",
         }
     }
