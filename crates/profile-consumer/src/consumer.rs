@@ -91,6 +91,11 @@ async fn consume(
     };
     let consumer: StreamConsumer<Context> = consumer_config(config).create_with_context(context)?;
     let producer: FutureProducer = producer_config(config).create()?;
+    let dlq_topic = config.dlq_topic();
+    tokio::select! {
+        checked = dlq::check_topic_exists(&producer, &dlq_topic) => checked.map_err(Error::Config)?,
+        () = shutdown.cancelled() => return Ok(()),
+    }
     let topics = config.topics();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;

@@ -7,7 +7,54 @@ use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::types::RDKafkaRespErr;
+
+/// How long the start-up check waits for the broker's answer.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Refuses to start when the broker says the dead-letter topic does not exist: without it the
+/// first poison record would block its partition for good (the consumer never skips a record it
+/// could not dead-letter). A broker that does not answer in time is not an error here (the
+/// consumer waits for it like for the source topics); only a definite "unknown topic" is.
+///
+/// On brokers that auto-create topics this metadata request creates the topic, as a produce
+/// would.
+pub async fn check_topic_exists(producer: &FutureProducer, topic: &str) -> Result<(), String> {
+    let producer = producer.clone();
+    let name = topic.to_owned();
+    let answer = tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(Some(&name), CHECK_TIMEOUT)
+            .map(|metadata| {
+                metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == name)
+                    .map(|t| (t.error(), t.partitions().len()))
+            })
+    })
+    .await
+    .map_err(|e| format!("metadata task failed: {e}"))?;
+    match answer {
+        Ok(Some((None, partitions))) if partitions > 0 => Ok(()),
+        Ok(Some((Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART), _))) => {
+            Err(format!(
+                "the dead-letter topic {topic:?} does not exist on the broker; create it \
+                 (or set DLQ_TOPIC / spec.dlqTopic to one that exists)"
+            ))
+        }
+        Ok(other) => {
+            tracing::warn!(dlq = %topic, answer = ?other, "could not confirm the dead-letter topic; going on");
+            Ok(())
+        }
+        Err(error) => {
+            tracing::warn!(dlq = %topic, %error, "broker did not answer the dead-letter topic check; going on");
+            Ok(())
+        }
+    }
+}
 
 /// Why a record was dead-lettered (the `dlq-reason` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -120,3 +120,24 @@ async fn a_handler_failing_max_retries_times_dead_letters_the_record() {
         .await;
     audit.stop().await;
 }
+
+#[tokio::test]
+async fn a_missing_dead_letter_topic_stops_start_up_naming_it() {
+    let topic = support::topic("nodlq", 1).await;
+    let mut config = support::config(&topic, HandlerKind::Analytics, None);
+    config.database_url = Some(statecast_testkit::fresh_database().await.unwrap());
+    let missing = statecast_testkit::unique("no-such-dlq");
+    config.dlq_topic = Some(missing.clone());
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        profile_consumer::run(config, tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("start-up did not end");
+    let error = result.expect_err("a consumer without its dead-letter topic started");
+    assert!(
+        matches!(error, profile_consumer::Error::Config(_)),
+        "{error}"
+    );
+    assert!(error.to_string().contains(&missing), "{error}");
+}
