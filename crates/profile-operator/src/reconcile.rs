@@ -119,7 +119,13 @@ pub fn backoff(n: u32) -> Duration {
     MIN_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
 }
 
-/// Reconciles one resource; on failure also records a Warning Event on it.
+/// Reconciles one resource; on failure also records a Warning Event on it. Each pass is one
+/// span (exported over OTLP when configured), with the Kubernetes API calls' logs inside it.
+#[tracing::instrument(
+    name = "reconcile ProfileConsumer",
+    skip_all,
+    fields(namespace = pc.namespace().unwrap_or_default(), name = %pc.name_any())
+)]
 pub async fn reconcile(pc: Arc<ProfileConsumer>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.count_and_measure();
     let result = reconcile_inner(&pc, &ctx).await;
