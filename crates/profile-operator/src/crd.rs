@@ -443,11 +443,50 @@ mod tests {
                 Ok(()),
                 "{path} refused by spec.validate()"
             );
+            assert_eq!(
+                cel_check(&value),
+                Vec::<String>::new(),
+                "{path} refused by the CRD's CEL rules"
+            );
         }
     }
 
+    /// Every (rule, message) pair of `x-kubernetes-validations` under `node`.
+    fn collect_rules(node: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        match node {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    if key == "x-kubernetes-validations" {
+                        for rule in value.as_array().into_iter().flatten() {
+                            out.push((
+                                rule["rule"].as_str().unwrap_or_default().to_owned(),
+                                rule["message"].as_str().unwrap_or_default().to_owned(),
+                            ));
+                        }
+                    } else {
+                        collect_rules(value, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| collect_rules(i, out)),
+            _ => {}
+        }
+    }
+
+    /// The CRD's own CEL rules evaluated against `object` (the checked-in CRD is the generated
+    /// one, see `checked_in_crd_matches_the_rust_types`).
+    fn cel_check(object: &serde_json::Value) -> Vec<String> {
+        let crd = serde_json::to_value(ProfileConsumer::crd()).unwrap();
+        statecast_testkit::cel_violations(
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
+            object,
+        )
+        .unwrap()
+    }
+
     /// Files marked `cel-only:` break a CEL rule, which JSON Schema cannot evaluate: the schema
-    /// accepts them and the same rule, written in Rust in `spec.validate()`, must refuse them.
+    /// accepts them, the CRD's CEL rules refuse them, and so does the same rule written in Rust
+    /// in `spec.validate()`.
     #[test]
     fn invalid_examples_are_refused() {
         let validator = schema_validator();
@@ -464,6 +503,23 @@ mod tests {
                     validator.is_valid(&value),
                     "{path}: expected only CEL to refuse it"
                 );
+                // Refused by exactly the rule the file names, with that rule's message.
+                let named = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("# cel-only: refused by the CEL rule `"))
+                    .and_then(|l| l.split('`').next())
+                    .unwrap_or_default();
+                let crd = serde_json::to_value(ProfileConsumer::crd()).unwrap();
+                let mut rules = Vec::new();
+                collect_rules(&crd, &mut rules);
+                let message = rules
+                    .iter()
+                    .find(|(rule, _)| rule == named)
+                    .map(|(_, message)| message.clone())
+                    .unwrap_or_else(|| panic!("{path} names {named:?}, not a rule of the CRD"));
+                let violations = cel_check(&value);
+                assert_eq!(violations.len(), 1, "{path}: {violations:?}");
+                assert!(violations[0].ends_with(&message), "{path}: {violations:?}");
             } else {
                 assert!(!validator.is_valid(&value), "{path} accepted by the schema");
             }

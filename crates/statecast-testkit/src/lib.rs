@@ -11,7 +11,12 @@
 //! - connection settings: [`database_url`], [`redis_url`], [`kafka_brokers`], [`smtp_url`], [`maildir`]
 //! - [`fresh_database`], [`create_topic`], [`unique`]
 //! - [`FaultProxy`], [`PrivateBroker`]
+//! - [`cel_violations`]: a CRD's CEL rules evaluated offline
 #![allow(clippy::unwrap_used)]
+
+mod cel_rules;
+
+pub use cel_rules::cel_violations;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
