@@ -73,9 +73,16 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// SMTP server, `smtp://[user:password@]host[:port]`; required by `email`.
+    /// SMTP server; required by `email`. `smtp://[user:password@]host[:port]` is plain SMTP
+    /// (port 25), `smtp://...?tls=required` upgrades with STARTTLS (port 587) and `smtps://...`
+    /// is TLS from the first byte (port 465).
     #[arg(long, env = "SMTP_URL")]
     pub smtp_url: Option<String>,
+
+    /// PEM file of extra root certificates trusted for SMTP over TLS (beside the bundled
+    /// Mozilla roots), e.g. a private CA.
+    #[arg(long, env = "SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<std::path::PathBuf>,
 
     /// Dead-letter topic; `<first topic>.dlq` when unset.
     #[arg(long, env = "DLQ_TOPIC")]
@@ -139,6 +146,7 @@ impl Config {
             database_url: None,
             redis_url: None,
             smtp_url: None,
+            smtp_ca_file: None,
             dlq_topic: None,
             max_retries: DEFAULT_MAX_RETRIES,
             metrics_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),

@@ -25,25 +25,53 @@ use super::smtp::Mailer;
 use super::{Delivery, HandlerError, Outcome};
 use crate::store::{self, VersionDecision};
 
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain text (`smtp://`): local sinks and in-cluster relays.
+    None,
+    /// Plain connect, then `STARTTLS` before anything else; a server that does not offer it is
+    /// refused (`smtp://...?tls=required`).
+    StartTls,
+    /// TLS from the first byte (`smtps://`, RFC 8314).
+    Implicit,
+}
+
 /// Where and how to reach the SMTP server, from `SMTP_URL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmtpSettings {
-    /// Host name or address.
+    /// Host name or address (also the name the server's certificate must carry).
     pub host: String,
-    /// Port, 25 unless given.
+    /// Port: as given, else 25 (plain), 587 (STARTTLS) or 465 (implicit TLS).
     pub port: u16,
     /// User name and password, if the URL has them (not percent-decoded).
     pub credentials: Option<(String, String)>,
+    /// Transport security.
+    pub tls: SmtpTls,
 }
 
 impl SmtpSettings {
-    /// Parses `smtp://[user:password@]host[:port][/]`. Plain SMTP only: the sink and in-cluster
-    /// relays need no TLS, and none of the TLS features are compiled in.
+    /// Parses `smtp://[user:password@]host[:port][/][?tls=required]` or
+    /// `smtps://[user:password@]host[:port][/]` (the URL forms lettre uses too).
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .trim()
-            .strip_prefix("smtp://")
-            .ok_or_else(|| format!("{url:?} must start with smtp:// (TLS is not supported)"))?;
+        let url = url.trim();
+        let (scheme_tls, rest) = if let Some(rest) = url.strip_prefix("smtp://") {
+            (SmtpTls::None, rest)
+        } else if let Some(rest) = url.strip_prefix("smtps://") {
+            (SmtpTls::Implicit, rest)
+        } else {
+            return Err(format!("{url:?} must start with smtp:// or smtps://"));
+        };
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let tls = match (scheme_tls, query) {
+            (tls, "") => tls,
+            (SmtpTls::None, "tls=required") => SmtpTls::StartTls,
+            (_, query) => {
+                return Err(format!(
+                    "{url:?}: unsupported query {query:?} (only smtp://...?tls=required)"
+                ));
+            }
+        };
         let rest = rest.trim_end_matches('/');
         let (credentials, host_port) = match rest.rsplit_once('@') {
             Some((userinfo, host_port)) => {
@@ -59,7 +87,14 @@ impl SmtpSettings {
                     .map_err(|_| format!("{port:?} is not a port number"))?;
                 (host, port)
             }
-            _ => (host_port, 25),
+            _ => (
+                host_port,
+                match tls {
+                    SmtpTls::None => 25,
+                    SmtpTls::StartTls => 587,
+                    SmtpTls::Implicit => 465,
+                },
+            ),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || host.contains('/') {
@@ -69,6 +104,7 @@ impl SmtpSettings {
             host: host.to_owned(),
             port,
             credentials,
+            tls,
         })
     }
 }
@@ -83,13 +119,20 @@ pub struct Email {
 
 impl Email {
     /// An email handler sending through `smtp` from `from`, de-duplicating in `pool` (migrated).
-    pub fn new(pool: PgPool, smtp: &SmtpSettings, from: &str) -> Result<Self, crate::Error> {
+    /// `extra_roots` (PEM) are trusted for SMTP over TLS beside the bundled Mozilla roots.
+    pub fn new(
+        pool: PgPool,
+        smtp: &SmtpSettings,
+        extra_roots: Option<&[u8]>,
+        from: &str,
+    ) -> Result<Self, crate::Error> {
         let from: Mailbox = from
             .parse()
             .map_err(|e| crate::Error::Config(format!("MAIL_FROM {from:?}: {e}")))?;
         Ok(Self {
             pool,
-            mailer: Mailer::new(smtp.clone()),
+            mailer: Mailer::new(smtp.clone(), extra_roots)
+                .map_err(|e| crate::Error::Config(format!("SMTP TLS: {e}")))?,
             from,
         })
     }
@@ -251,9 +294,17 @@ mod tests {
             SmtpSettings {
                 host: "127.0.0.1".into(),
                 port: 2525,
-                credentials: None
+                credentials: None,
+                tls: SmtpTls::None,
             }
         );
+        let starttls = SmtpSettings::parse("smtp://u:p@mail.example.com?tls=required").unwrap();
+        assert_eq!((starttls.port, starttls.tls), (587, SmtpTls::StartTls));
+        assert_eq!(starttls.host, "mail.example.com");
+        let implicit = SmtpSettings::parse("smtps://mail.example.com/").unwrap();
+        assert_eq!((implicit.port, implicit.tls), (465, SmtpTls::Implicit));
+        let custom = SmtpSettings::parse("smtps://mail.example.com:2465").unwrap();
+        assert_eq!(custom.port, 2465);
         assert_eq!(SmtpSettings::parse("smtp://mail.local/").unwrap().port, 25);
         let with_user = SmtpSettings::parse("smtp://bob:s3cret@relay:587").unwrap();
         assert_eq!(with_user.host, "relay");
@@ -264,8 +315,9 @@ mod tests {
 
     #[test]
     fn unsupported_or_broken_smtp_urls_are_refused() {
-        assert!(SmtpSettings::parse("smtps://relay:465").is_err());
         assert!(SmtpSettings::parse("http://relay").is_err());
+        assert!(SmtpSettings::parse("smtp://relay?tls=opportunistic").is_err());
+        assert!(SmtpSettings::parse("smtps://relay?tls=required").is_err());
         assert!(SmtpSettings::parse("smtp://relay:notaport").is_err());
         assert!(SmtpSettings::parse("smtp://").is_err());
     }

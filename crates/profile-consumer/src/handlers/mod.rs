@@ -129,9 +129,16 @@ impl Handler {
                     .ok_or_else(|| missing("SMTP_URL"))?;
                 let settings = email::SmtpSettings::parse(url)
                     .map_err(|e| crate::Error::Config(format!("SMTP_URL: {e}")))?;
+                let ca = match &config.smtp_ca_file {
+                    Some(path) => Some(std::fs::read(path).map_err(|e| {
+                        crate::Error::Config(format!("SMTP_CA_FILE {}: {e}", path.display()))
+                    })?),
+                    None => None,
+                };
                 Self::Email(email::Email::new(
                     pool().await?,
                     &settings,
+                    ca.as_deref(),
                     &config.mail_from,
                 )?)
             }
