@@ -16,25 +16,11 @@ pub fn router(state: AppState) -> Router {
 mod tests {
     use super::*;
     use crate::metrics::{Metrics, RecordResult};
-    use axum::body::Body;
-    use axum::http::Request;
     use axum::http::StatusCode;
     use prometheus_client::registry::Registry;
+    use statecast_testkit::oneshot_get as get;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use tower::ServiceExt;
-
-    async fn get(router: Router, uri: &str) -> (StatusCode, String) {
-        let response = router
-            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, String::from_utf8(body.to_vec()).unwrap())
-    }
 
     #[tokio::test]
     async fn readyz_is_503_until_the_group_assigned_partitions_and_metrics_are_served() {

@@ -18,13 +18,11 @@ pub fn router(state: AppState) -> Router {
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
-    use axum::body::Body;
     use axum::http::StatusCode;
-    use http::Request;
     use prometheus_client::registry::Registry;
+    use statecast_testkit::oneshot_get as get;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use tower::ServiceExt;
 
     fn state() -> AppState {
         let mut registry = Registry::default();
@@ -33,18 +31,6 @@ mod tests {
             registry: Arc::new(registry),
             ready: Arc::new(AtomicBool::new(false)),
         }
-    }
-
-    async fn get(router: Router, uri: &str) -> (StatusCode, String) {
-        let response = router
-            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, String::from_utf8(bytes.to_vec()).unwrap())
     }
 
     #[tokio::test]

@@ -277,35 +277,21 @@ async fn refuse(
     let previous = pc.status.clone().unwrap_or_default();
     let now = (ctx.now)();
     let generation = pc.meta().generation;
-    let conditions = vec![
-        condition(
-            &previous.conditions,
-            READY,
-            false,
-            reason,
-            message.clone(),
-            generation,
-            now,
-        ),
-        condition(
-            &previous.conditions,
-            PROGRESSING,
-            false,
-            reason,
-            message.clone(),
-            generation,
-            now,
-        ),
-        condition(
-            &previous.conditions,
-            DEGRADED,
-            true,
-            reason,
-            message.clone(),
-            generation,
-            now,
-        ),
-    ];
+    // Not ready, not progressing, degraded: all three for the same reason.
+    let conditions = [(READY, false), (PROGRESSING, false), (DEGRADED, true)]
+        .into_iter()
+        .map(|(type_, status)| {
+            condition(
+                &previous.conditions,
+                type_,
+                status,
+                reason,
+                message.clone(),
+                generation,
+                now,
+            )
+        })
+        .collect();
     let status = ProfileConsumerStatus {
         observed_generation: generation,
         group_id: Some(group),

@@ -309,6 +309,31 @@ fn condition_of<'a>(s: &'a ProfileConsumerStatus, type_: &str) -> &'a Condition 
     s.conditions.iter().find(|c| c.type_ == type_).unwrap()
 }
 
+/// Asserts the condition's status and reason, and returns it for further checks.
+fn assert_condition<'a>(
+    s: &'a ProfileConsumerStatus,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> &'a Condition {
+    let condition = condition_of(s, type_);
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        (status, reason),
+        "{type_}: {}",
+        condition.message
+    );
+    condition
+}
+
+/// A resource on consumer group `group` reading `topic`, created `age` seconds ago.
+fn in_group(name: &str, group: &str, topic: &str, age: i64) -> ProfileConsumer {
+    let mut s = spec();
+    s.group_id = Some(group.into());
+    s.topics = vec![topic.into()];
+    created_at(resource(name, s), age)
+}
+
 fn autoscaling_spec(min: i32, max: i32, threshold: i64) -> ProfileConsumerSpec {
     ProfileConsumerSpec {
         handler: crate::crd::Handler::Analytics,
@@ -378,17 +403,9 @@ async fn new_resource_gets_a_deployment_and_a_ready_status() {
     );
     assert_eq!((status.lag, status.partitions), (Some(7), Some(3)));
     assert_eq!(status.last_scale_time, Some(Time(now())));
-    let ready = condition_of(&status, "Ready");
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("True", "ReplicasReady")
-    );
+    assert_condition(&status, "Ready", "True", "ReplicasReady");
     assert_eq!(condition_of(&status, "Progressing").status, "False");
-    let degraded = condition_of(&status, "Degraded");
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("False", "AsExpected")
-    );
+    assert_condition(&status, "Degraded", "False", "AsExpected");
 }
 
 #[tokio::test]
@@ -511,11 +528,7 @@ async fn lag_scales_up_at_once_capped_by_partitions_and_records_an_event() {
     assert_eq!((status.lag, status.partitions), (Some(1000), Some(4)));
     assert_eq!(status.last_scale_time, Some(Time(now())));
     assert_eq!(status.ready_replicas, 1);
-    let ready = condition_of(&status, "Ready");
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "ReplicasNotReady")
-    );
+    assert_condition(&status, "Ready", "False", "ReplicasNotReady");
     assert_eq!(condition_of(&status, "Progressing").status, "True");
     assert_eq!(sent.events[0]["type"], "Normal");
     assert_eq!(
@@ -586,24 +599,14 @@ async fn unreadable_lag_holds_the_replicas_and_degrades() {
     assert_eq!(replicas_of(&sent.deployment.unwrap()), Some(3));
     let status = sent.status.unwrap();
     assert_eq!(status.lag, None);
-    let degraded = condition_of(&status, "Degraded");
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("True", "LagUnavailable")
-    );
+    assert_condition(&status, "Degraded", "True", "LagUnavailable");
     assert_eq!(sent.events[0]["type"], "Warning");
 }
 
 #[tokio::test]
 async fn later_resource_on_the_same_group_with_other_topics_is_degraded_without_deployment() {
-    let shared = |name: &str, topic: &str, age: i64| {
-        let mut s = spec();
-        s.group_id = Some("shared".into());
-        s.topics = vec![topic.into()];
-        created_at(resource(name, s), age)
-    };
-    let first = shared("first", "user-events", 600);
-    let later = shared("later", "admin-events", 60);
+    let first = in_group("first", "shared", "user-events", 600);
+    let later = in_group("later", "shared", "admin-events", 60);
     let (result, sent, _) = reconcile_with(
         later.clone(),
         lag(0, 1),
@@ -615,11 +618,7 @@ async fn later_resource_on_the_same_group_with_other_topics_is_degraded_without_
     result.unwrap();
     assert!(sent.deployment.is_none());
     let status = sent.status.unwrap();
-    let degraded = condition_of(&status, "Degraded");
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("True", "GroupConflict")
-    );
+    let degraded = assert_condition(&status, "Degraded", "True", "GroupConflict");
     assert!(
         degraded.message.contains("\"first\""),
         "{}",
@@ -631,14 +630,8 @@ async fn later_resource_on_the_same_group_with_other_topics_is_degraded_without_
 
 #[tokio::test]
 async fn earlier_resource_keeps_its_group() {
-    let shared = |name: &str, topic: &str, age: i64| {
-        let mut s = spec();
-        s.group_id = Some("shared".into());
-        s.topics = vec![topic.into()];
-        created_at(resource(name, s), age)
-    };
-    let first = shared("first", "user-events", 600);
-    let later = shared("later", "admin-events", 60);
+    let first = in_group("first", "shared", "user-events", 600);
+    let later = in_group("later", "shared", "admin-events", 60);
     let (_, sent, _) = reconcile_with(
         first.clone(),
         lag(0, 1),
@@ -658,15 +651,9 @@ async fn earlier_resource_keeps_its_group() {
 
 #[test]
 fn same_creation_time_is_broken_by_name_and_same_topics_share_a_group() {
-    let shared = |name: &str, topic: &str| {
-        let mut s = spec();
-        s.group_id = Some("g".into());
-        s.topics = vec![topic.into()];
-        created_at(resource(name, s), 5)
-    };
-    let a = shared("a", "t1");
-    let b = shared("b", "t2");
-    let c = shared("c", "t1");
+    let a = in_group("a", "g", "t1", 5);
+    let b = in_group("b", "g", "t2", 5);
+    let c = in_group("c", "g", "t1", 5);
     let all = vec![a.clone(), b.clone(), c.clone()];
     assert!(group_conflict(&a, &all).unwrap().is_none());
     assert_eq!(group_conflict(&b, &all).unwrap().unwrap().name_any(), "a");
@@ -682,11 +669,7 @@ async fn invalid_spec_is_degraded_and_nothing_else_is_touched() {
     let (result, sent, _) = reconcile_with(pc, lag(0, 1), Scenario::InvalidSpec).await;
     result.unwrap();
     let status = sent.status.unwrap();
-    let degraded = condition_of(&status, "Degraded");
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("True", "InvalidSpec")
-    );
+    let degraded = assert_condition(&status, "Degraded", "True", "InvalidSpec");
     assert_eq!(
         degraded.message,
         "minReplicas must not be greater than maxReplicas"

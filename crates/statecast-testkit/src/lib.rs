@@ -12,6 +12,7 @@
 //! - [`fresh_database`], [`create_topic`], [`unique`]
 //! - [`FaultProxy`], [`PrivateBroker`]
 //! - [`cel_violations`]: a CRD's CEL rules evaluated offline
+//! - [`oneshot_get`]: a GET answered by an axum router in process
 #![allow(clippy::unwrap_used)]
 
 mod cel_rules;
@@ -288,4 +289,18 @@ fn tansu_bin() -> PathBuf {
     } else {
         PathBuf::from("tansu")
     }
+}
+
+/// GETs `uri` from `router` in process (no socket) and returns the status and the body text.
+pub async fn oneshot_get(router: axum::Router, uri: &str) -> (axum::http::StatusCode, String) {
+    use tower::ServiceExt as _;
+    let request = axum::http::Request::get(uri)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, String::from_utf8(body.to_vec()).unwrap())
 }

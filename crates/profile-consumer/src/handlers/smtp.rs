@@ -200,8 +200,9 @@ impl Mailer {
         }
     }
 
-    /// Connections waiting for reuse (for tests).
-    pub fn idle_connections(&self) -> usize {
+    /// Connections waiting for reuse.
+    #[cfg(test)]
+    fn idle_connections(&self) -> usize {
         self.idle.lock().map_or(0, |idle| idle.len())
     }
 }

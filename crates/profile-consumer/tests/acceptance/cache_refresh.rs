@@ -26,21 +26,9 @@ async fn newer_snapshots_are_written_older_ones_skipped_and_deletes_leave_a_mark
     let mut config = support::config(&topic, HandlerKind::CacheRefresh, None);
     config.redis_url = Some(statecast_testkit::redis_url());
     let cache = Running::start(config);
-    cache
-        .wait_metric(r#"consumer_records_total{result="duplicate"}"#, 1.0)
-        .await;
-    assert_eq!(
-        cache
-            .metric(r#"consumer_records_total{result="stale"}"#)
-            .await,
-        1.0
-    );
-    assert_eq!(
-        cache
-            .metric(r#"consumer_records_total{result="processed"}"#)
-            .await,
-        1.0
-    );
+    cache.wait_records("duplicate", 1.0).await;
+    assert_eq!(cache.records("stale").await, 1.0);
+    assert_eq!(cache.records("processed").await, 1.0);
 
     let client = redis::Client::open(statecast_testkit::redis_url()).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
@@ -65,15 +53,8 @@ async fn newer_snapshots_are_written_older_ones_skipped_and_deletes_leave_a_mark
     // A late v2 after the delete must not resurrect the profile.
     let late = support::event(EventType::UserUpdated, &user, 2, "late@example.com", "FR");
     support::produce(&producer, &topic, &late).await;
-    cache
-        .wait_metric(r#"consumer_records_total{result="stale"}"#, 2.0)
-        .await;
-    assert_eq!(
-        cache
-            .metric(r#"consumer_records_total{result="processed"}"#)
-            .await,
-        2.0
-    );
+    cache.wait_records("stale", 2.0).await;
+    assert_eq!(cache.records("processed").await, 2.0);
     let marker = get(&mut redis, &key).await;
     assert_eq!(
         (marker["v"].as_i64(), marker["k"].as_str()),
@@ -91,9 +72,7 @@ async fn newer_snapshots_are_written_older_ones_skipped_and_deletes_leave_a_mark
         .unwrap();
     let v5 = support::event(EventType::UserUpdated, &user, 5, "five@example.com", "ES");
     support::produce(&producer, &topic, &v5).await;
-    cache
-        .wait_metric(r#"consumer_records_total{result="processed"}"#, 3.0)
-        .await;
+    cache.wait_records("processed", 3.0).await;
     let entry = get(&mut redis, &key).await;
     assert_eq!(
         (entry["v"].as_i64(), entry["k"].as_str()),

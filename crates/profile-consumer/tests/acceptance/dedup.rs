@@ -22,15 +22,8 @@ async fn the_same_event_produced_twice_has_one_audit_row_one_mail_and_counts_onc
     let email = Running::start(email_config);
 
     for consumer in [&audit, &analytics, &email] {
-        consumer
-            .wait_metric(r#"consumer_records_total{result="duplicate"}"#, 1.0)
-            .await;
-        assert_eq!(
-            consumer
-                .metric(r#"consumer_records_total{result="processed"}"#)
-                .await,
-            1.0
-        );
+        consumer.wait_records("duplicate", 1.0).await;
+        assert_eq!(consumer.records("processed").await, 1.0);
     }
 
     let pool = support::pool(&db).await;
@@ -105,9 +98,7 @@ async fn a_deletion_notice_goes_to_the_last_known_address() {
     let mut config = support::config(&topic, HandlerKind::Email, Some(&db));
     config.smtp_url = Some(statecast_testkit::smtp_url());
     let email = Running::start(config);
-    email
-        .wait_metric(r#"consumer_records_total{result="processed"}"#, 3.0)
-        .await;
+    email.wait_records("processed", 3.0).await;
     assert_eq!(support::mails_containing(&old), 1);
     assert_eq!(
         support::mails_containing(&new),

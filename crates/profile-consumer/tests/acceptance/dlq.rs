@@ -34,12 +34,8 @@ async fn a_poison_record_lands_in_the_dlq_with_its_reason_and_the_next_record_is
     let config = support::config(&topic, HandlerKind::Audit, Some(&db));
     let group = config.kafka_group_id.clone();
     let audit = Running::start(config);
-    audit
-        .wait_metric(r#"consumer_records_total{result="dlq"}"#, 1.0)
-        .await;
-    audit
-        .wait_metric(r#"consumer_records_total{result="processed"}"#, 1.0)
-        .await;
+    audit.wait_records("dlq", 1.0).await;
+    audit.wait_records("processed", 1.0).await;
     let pool = support::pool(&db).await;
     assert_eq!(
         support::count(&pool, "select count(*) from audit_log").await,
@@ -108,16 +104,12 @@ async fn a_handler_failing_max_retries_times_dead_letters_the_record() {
     let producer = support::producer();
     let event = support::event(EventType::UserCreated, "unlucky", 1, "u@example.com", "PT");
     support::produce(&producer, &topic, &event).await;
-    audit
-        .wait_metric(r#"consumer_records_total{result="dlq"}"#, 1.0)
-        .await;
+    audit.wait_records("dlq", 1.0).await;
 
     proxy.restore();
     let next = support::event(EventType::UserCreated, "lucky", 1, "l@example.com", "PT");
     support::produce(&producer, &topic, &next).await;
-    audit
-        .wait_metric(r#"consumer_records_total{result="processed"}"#, 1.0)
-        .await;
+    audit.wait_records("processed", 1.0).await;
     audit.stop().await;
 }
 

@@ -27,10 +27,8 @@ async fn two_groups_each_receive_every_event() {
     let (group_a, group_b) = (first.kafka_group_id.clone(), second.kafka_group_id.clone());
     let a = Running::start(first);
     let b = Running::start(second);
-    a.wait_metric(r#"consumer_records_total{result="processed"}"#, 20.0)
-        .await;
-    b.wait_metric(r#"consumer_records_total{result="processed"}"#, 20.0)
-        .await;
+    a.wait_records("processed", 20.0).await;
+    b.wait_records("processed", 20.0).await;
 
     let pool = support::pool(&db).await;
     for group in [&group_a, &group_b] {
@@ -101,15 +99,16 @@ async fn two_replicas_in_one_group_split_the_partitions_and_process_each_event_o
         support::count(&pool, "select count(*) from audit_log").await == 40
     })
     .await;
-    let processed = r#"consumer_records_total{result="processed"}"#;
-    let (by_a, by_b) = (a.metric(processed).await, b.metric(processed).await);
+    let (by_a, by_b) = (a.records("processed").await, b.records("processed").await);
     assert!(
         by_a > 0.0 && by_b > 0.0,
         "both replicas got partitions: {by_a} + {by_b}"
     );
     assert_eq!(by_a + by_b, 40.0, "each event processed exactly once");
-    let duplicates = r#"consumer_records_total{result="duplicate"}"#;
-    assert_eq!(a.metric(duplicates).await + b.metric(duplicates).await, 0.0);
+    assert_eq!(
+        a.records("duplicate").await + b.records("duplicate").await,
+        0.0
+    );
     a.stop().await;
     b.stop().await;
 }

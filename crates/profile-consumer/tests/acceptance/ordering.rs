@@ -18,15 +18,8 @@ async fn version_2_after_version_3_is_skipped_and_counted_stale() {
     let audit = Running::start(support::config(&topic, HandlerKind::Audit, Some(&db)));
     let analytics = Running::start(support::config(&topic, HandlerKind::Analytics, Some(&db)));
     for consumer in [&audit, &analytics] {
-        consumer
-            .wait_metric(r#"consumer_records_total{result="stale"}"#, 1.0)
-            .await;
-        assert_eq!(
-            consumer
-                .metric(r#"consumer_records_total{result="processed"}"#)
-                .await,
-            1.0
-        );
+        consumer.wait_records("stale", 1.0).await;
+        assert_eq!(consumer.records("processed").await, 1.0);
     }
 
     let pool = support::pool(&db).await;
@@ -77,9 +70,7 @@ async fn a_user_moving_country_and_deleted_moves_the_counters() {
         support::produce(&producer, &topic, &event).await;
     }
     let analytics = Running::start(support::config(&topic, HandlerKind::Analytics, Some(&db)));
-    analytics
-        .wait_metric(r#"consumer_records_total{result="processed"}"#, 4.0)
-        .await;
+    analytics.wait_records("processed", 4.0).await;
     let pool = support::pool(&db).await;
     let pt = support::count(
         &pool,

@@ -57,9 +57,7 @@ async fn each_record_gets_a_consumer_span_under_the_producers_trace() {
     let config = support::config(&topic, HandlerKind::Audit, Some(&db));
     let group = config.kafka_group_id.clone();
     let audit = Running::start(config);
-    audit
-        .wait_metric(r#"consumer_records_total{result="processed"}"#, 1.0)
-        .await;
+    audit.wait_records("processed", 1.0).await;
     audit.stop().await;
     let _ = provider.force_flush();
 

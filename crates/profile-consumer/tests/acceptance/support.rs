@@ -92,6 +92,16 @@ impl Running {
         }
     }
 
+    /// `consumer_records_total{result}`: records this consumer ended with `result`.
+    pub(crate) async fn records(&self, result: &str) -> f64 {
+        self.metric(&records_series(result)).await
+    }
+
+    /// Waits until at least `at_least` records ended with `result`.
+    pub(crate) async fn wait_records(&self, result: &str, at_least: f64) {
+        self.wait_metric(&records_series(result), at_least).await;
+    }
+
     pub(crate) async fn wait_metric(&self, series: &str, at_least: f64) {
         let what = format!("{series} >= {at_least}");
         wait_until(&what, Duration::from_secs(30), || async {
@@ -252,4 +262,9 @@ pub(crate) fn mails_containing(needle: &str) -> usize {
                 .contains(&needle)
         })
         .count()
+}
+
+/// The series of `consumer_records_total` for one result label.
+fn records_series(result: &str) -> String {
+    format!(r#"consumer_records_total{{result="{result}"}}"#)
 }
