@@ -6,13 +6,15 @@
 //! prints. `CHAOS_SCALE=full` runs the sizes the issue names (5,000 writes over 200 users, 2,000
 //! fuzz requests); the default is a smaller subset that `make test` runs in a few minutes.
 //!
-//! The local broker (tansu) keeps its log in memory, so a killed broker forgets everything not
-//! yet consumed; the broker fault mid-stream is therefore a freeze (SIGSTOP/SIGCONT), which keeps
-//! the log. A real kill and restart with an outbox backlog is covered by the Profile API's
-//! broker-outage test and by `tests/trace.rs`.
+//! The local broker (tansu) keeps its log in SQLite, so a killed broker restarts with its topics,
+//! records and committed offsets: scenario 1 is a real SIGKILL and restart, 1b a freeze.
+//!
+//! Counts come from `statecast_system_tests::effects` (downstream effects against acknowledged
+//! writes), never from the consumers' own bookkeeping; `table_rows_fail_when_the_guarantee_is_broken`
+//! breaks a handler on purpose and checks the row says FAIL.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,34 +28,92 @@ use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use statecast_events::{EventType, ProfileEvent, ProfileSnapshot};
-use statecast_system_tests::system::{System, SystemOptions, TOPIC, get_text, metric};
+use statecast_system_tests::effects::{self, Expected, Tally};
+use statecast_system_tests::system::{System, SystemOptions, TOPIC};
 use statecast_testkit as kit;
 
 fn full() -> bool {
     std::env::var("CHAOS_SCALE").is_ok_and(|s| s == "full")
 }
 
-/// One row of the printed table.
+/// A count of the table: measured, or `n/a` where the column does not apply to the scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Count {
+    Measured(usize),
+    NotApplicable,
+}
+
+use Count::{Measured, NotApplicable};
+
+impl Count {
+    fn is_zero(self) -> bool {
+        matches!(self, Measured(0) | NotApplicable)
+    }
+}
+
+impl std::fmt::Display for Count {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Measured(n) => write!(f, "{n}"),
+            NotApplicable => f.write_str("n/a"),
+        }
+    }
+}
+
+/// The table's header, as `scripts/chaos` prints it.
+pub const HEADER: &str =
+    "| scenario | operations | lost | duplicated | dead-lettered | wrong answers | 5xx | verdict |";
+
+/// One row of the printed table. Every count comes from a source the code under test does not
+/// write for bookkeeping: what the client was told (acknowledged writes, answers) against what
+/// happened downstream (effect rows per event id, mails per Message-ID in the SMTP sink,
+/// records in the dead-letter topic).
 struct Row<'a> {
     scenario: &'a str,
     operations: usize,
-    lost: usize,
-    duplicated: usize,
-    server_errors: usize,
+    /// Acknowledged changes whose effect is missing somewhere.
+    lost: Count,
+    /// Effects applied more than once (counted before any unique constraint could hide them).
+    duplicated: Count,
+    /// Records of live events in the dead-letter topic (poison records excepted).
+    dead_lettered: Count,
+    /// Answers or verdicts that were wrong without being a loss: a non-problem error, a stale
+    /// read, an invalid resource accepted.
+    wrong: Count,
+    server_errors: Count,
 }
 
 impl Row<'_> {
-    /// Appends the row to the report and fails the test if anything was lost, doubled or 5xx.
+    fn passes(&self) -> bool {
+        [
+            self.lost,
+            self.duplicated,
+            self.dead_lettered,
+            self.wrong,
+            self.server_errors,
+        ]
+        .iter()
+        .all(|c| c.is_zero())
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            self.scenario,
+            self.operations,
+            self.lost,
+            self.duplicated,
+            self.dead_lettered,
+            self.wrong,
+            self.server_errors,
+            if self.passes() { "pass" } else { "FAIL" }
+        )
+    }
+
+    /// Appends the row to the report and fails the test if anything was lost, doubled,
+    /// dead-lettered, wrong or 5xx.
     fn record_and_assert(&self) {
-        let verdict = if self.lost == 0 && self.duplicated == 0 && self.server_errors == 0 {
-            "pass"
-        } else {
-            "FAIL"
-        };
-        let line = format!(
-            "| {} | {} | {} | {} | {} | {} |",
-            self.scenario, self.operations, self.lost, self.duplicated, self.server_errors, verdict
-        );
+        let line = self.line();
         println!("{line}");
         let path = std::env::var_os("CHAOS_REPORT")
             .map(std::path::PathBuf::from)
@@ -65,7 +125,7 @@ impl Row<'_> {
         {
             let _ = writeln!(file, "{line}");
         }
-        assert_eq!(verdict, "pass", "{line}");
+        assert!(self.passes(), "{line}");
     }
 }
 
@@ -178,28 +238,6 @@ where
     }
 }
 
-/// (lost, duplicated) of `expected` (user, version) pairs in the audit log.
-async fn audit_gaps(pool: &sqlx::PgPool, expected: &HashSet<(String, i64)>) -> (usize, usize) {
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "select user_id, version, count(*) from audit_log group by user_id, version",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap_or_default();
-    let seen: HashMap<(String, i64), i64> = rows.into_iter().map(|(u, v, c)| ((u, v), c)).collect();
-    let lost = expected.iter().filter(|k| !seen.contains_key(*k)).count();
-    let duplicated = seen.values().map(|c| (*c - 1).max(0) as usize).sum();
-    (lost, duplicated)
-}
-
-async fn processed_count(pool: &sqlx::PgPool, group: &str) -> usize {
-    sqlx::query_scalar::<_, i64>("select count(*) from processed_event where consumer_group = $1")
-        .bind(group)
-        .fetch_one(pool)
-        .await
-        .unwrap_or(0) as usize
-}
-
 /// The profile version cached in Redis for `user`: the API's cache entry is
 /// `{"v": version, "k": "p", "p": profile, ...}` (`"k": "i"` marks an invalidated entry).
 async fn cached_version(redis: &mut redis::aio::MultiplexedConnection, user: &str) -> Option<i64> {
@@ -222,107 +260,142 @@ async fn redis() -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-/// Scenario 1: the broker freezes mid-stream; every acknowledged write reaches every group once,
-/// in per-user order.
+/// How the broker fails in scenario 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BrokerFault {
+    /// SIGKILL a third of the way in, restart (same durable log) two thirds in.
+    Crash,
+    /// SIGSTOP a third of the way in, SIGCONT two thirds in: connections stay open, nothing
+    /// answers (a long GC pause, a network partition).
+    Freeze,
+}
+
+/// Scenario 1: the broker crashes (1) or freezes (1b) mid-stream; every acknowledged write
+/// reaches every group once, in per-user order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_killed_and_restarted_mid_stream_loses_and_doubles_nothing() {
+    broker_fault_mid_stream(
+        BrokerFault::Crash,
+        "1 broker SIGKILLed and restarted during writes",
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_frozen_mid_stream_loses_and_doubles_nothing() {
-    let (ops, users) = if full() { (5_000, 200) } else { (600, 60) };
-    let system = Arc::new(System::start(SystemOptions::default()).await.unwrap());
-    let prefix = kit::unique("s1").replace('-', "_") + "_";
-    let broker = system.clone();
-    let writes = write_stream(&system.api_url, users, ops, 16, &prefix, move |i| {
-        if i == ops / 3 {
-            broker.broker.pause();
-        } else if i == 2 * ops / 3 {
-            broker.broker.resume();
-        }
-    })
+    broker_fault_mid_stream(
+        BrokerFault::Freeze,
+        "1b broker frozen (SIGSTOP) during writes",
+    )
     .await;
-    system.broker.resume();
+}
+
+async fn broker_fault_mid_stream(fault: BrokerFault, scenario: &'static str) {
+    let (ops, users) = if full() { (5_000, 200) } else { (600, 60) };
+    let mut system = System::start(SystemOptions::default()).await.unwrap();
+    let prefix = kit::unique("s1").replace('-', "_") + "_";
+    let progress = Arc::new(AtomicUsize::new(0));
+    let seen = progress.clone();
+    let api_url = system.api_url.clone();
+    let writer = tokio::spawn(async move {
+        write_stream(&api_url, users, ops, 16, &prefix, move |i| {
+            seen.fetch_max(i, Ordering::SeqCst);
+        })
+        .await
+    });
+    let reached = |n: usize| {
+        let progress = progress.clone();
+        async move {
+            while progress.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    reached(ops / 3).await;
+    match fault {
+        BrokerFault::Crash => system.broker.kill().await,
+        BrokerFault::Freeze => system.broker.pause(),
+    }
+    // Writes go on meanwhile: the API commits them with their outbox rows.
+    tokio::time::timeout(Duration::from_secs(120), reached(2 * ops / 3))
+        .await
+        .expect("writes stalled while the broker was down");
+    match fault {
+        BrokerFault::Crash => system.broker.restart().await.unwrap(),
+        BrokerFault::Freeze => system.broker.resume(),
+    }
+    let writes = writer.await.unwrap();
     assert_eq!(
         writes.other + writes.unavailable,
         0,
         "every write answered 2xx"
     );
 
-    let expected: HashSet<(String, i64)> = writes.acked.iter().cloned().collect();
-    let mut last: HashMap<String, i64> = HashMap::new();
-    for (user, version) in &writes.acked {
-        let entry = last.entry(user.clone()).or_default();
-        *entry = (*entry).max(*version);
-    }
     let pool = system.pool().await.unwrap();
-    let total = expected.len();
-    let groups: Vec<(String, String)> = system
-        .consumers
-        .iter()
-        .map(|c| (c.handler.to_owned(), c.group.clone()))
-        .collect();
-    let mut conn = redis().await;
-    // The email group is the slowest (one SMTP transaction per event, ~20/s against the local
-    // sink; docs/benchmarks.md), so the wait grows with the stream.
-    let wait = Duration::from_secs(60 + (total as u64) / 10);
-    eventually(wait, || {
-        let (pool, groups) = (&pool, &groups);
+    let expected = Expected::from_acked(&pool, &writes.acked).await.unwrap();
+    let total = expected.total();
+    // The email group is the slowest, so the wait grows with the stream.
+    let wait = Duration::from_secs(90 + (total as u64) / 10);
+    let maildir = kit::maildir();
+    let complete = |expected: &Expected| {
+        let (pool, maildir) = (&pool, &maildir);
+        let expected = expected.clone();
         async move {
-            let mut done = true;
-            for (handler, group) in groups {
-                if handler != "cache-refresh" && processed_count(pool, group).await < total {
-                    done = false;
-                }
-            }
-            done
+            let audit = effects::tally(
+                &expected,
+                &effects::audit_effects(pool).await.unwrap_or_default(),
+            );
+            let analytics = effects::analytics_tally(pool, &expected)
+                .await
+                .unwrap_or(Tally {
+                    lost: 1,
+                    duplicated: 0,
+                });
+            let mail = effects::tally(&expected, &effects::mail_effects(maildir));
+            let cache = effects::cache_lost(&kit::redis_url(), &expected)
+                .await
+                .unwrap_or(1);
+            audit.lost + analytics.lost + mail.lost + cache == 0
         }
-    })
-    .await;
-    let (mut lost, duplicated) = audit_gaps(&pool, &expected).await;
-    for (handler, group) in &groups {
-        if handler != "cache-refresh" {
-            lost += total.saturating_sub(processed_count(&pool, group).await);
-        }
-    }
-    let mut cache_lost = 0;
-    for (user, version) in &last {
-        if cached_version(&mut conn, user).await != Some(*version) {
-            cache_lost += 1;
-        }
-    }
-    // Per-user order: nothing was skipped as stale, and audit rows are in version order. The
-    // relay may publish an event again after a failed send (at-least-once); PostgreSQL handlers
-    // recognise such a redelivery by its event id (a duplicate), while cache-refresh, which
-    // deduplicates by version alone, counts an old redelivery as stale: it is left out here.
-    let mut stale = 0.0;
-    for consumer in system
-        .consumers
-        .iter()
-        .filter(|c| c.handler != "cache-refresh")
-    {
-        let text = get_text(&format!("{}/metrics", consumer.url))
-            .await
-            .unwrap();
-        stale += metric(&text, "consumer_records_total", &["stale"]);
-    }
+    };
+    eventually(wait, || complete(&expected)).await;
+    let audit_effects = effects::audit_effects(&pool).await.unwrap();
+    let audit = effects::tally(&expected, &audit_effects);
+    let analytics = effects::analytics_tally(&pool, &expected).await.unwrap();
+    let mail = effects::tally(&expected, &effects::mail_effects(&maildir));
+    let cache_lost = effects::cache_lost(&kit::redis_url(), &expected)
+        .await
+        .unwrap();
+    let dead = effects::records_in_topic(&system.broker.brokers(), &format!("{TOPIC}.dlq"))
+        .await
+        .unwrap();
+    // Per-user order at the audit trail: rows of each user in strictly increasing versions.
     let order: Vec<(String, i64)> =
         sqlx::query_as("select user_id, version from audit_log order by id")
             .fetch_all(&pool)
             .await
             .unwrap();
-    let mut seen: HashMap<&str, i64> = HashMap::new();
+    let mut last_seen: HashMap<&str, i64> = HashMap::new();
     let mut out_of_order = 0;
     for (user, version) in &order {
-        let previous = seen.insert(user, *version).unwrap_or(0);
+        let previous = last_seen.insert(user, *version).unwrap_or(0);
         if *version <= previous {
             out_of_order += 1;
         }
     }
-    assert_eq!(stale, 0.0, "events applied out of order");
-    assert_eq!(out_of_order, 0, "audit rows out of per-user order");
+    let total_effects = audit + analytics + mail;
+    let missing = effects::sample_missing(&expected, &audit_effects, 5);
+    println!(
+        "{scenario}: audit {audit:?}, analytics {analytics:?}, mail {mail:?}, cache lost {cache_lost}, dead letters {dead}, out of order {out_of_order}; audit missing e.g. {missing:?}"
+    );
     Row {
-        scenario: "1 broker frozen (SIGSTOP) during writes",
+        scenario,
         operations: ops,
-        lost: lost + cache_lost,
-        duplicated,
-        server_errors: writes.server_errors,
+        lost: Measured(total_effects.lost + cache_lost),
+        duplicated: Measured(total_effects.duplicated),
+        dead_lettered: Measured(dead),
+        wrong: Measured(out_of_order),
+        server_errors: Measured(writes.server_errors),
     }
     .record_and_assert();
 }
@@ -352,7 +425,7 @@ async fn redis_cut_during_reads_gives_no_server_error_and_the_cache_refills() {
     for t in 0..16 {
         let (client, url, prefix) = (client.clone(), system.api_url.clone(), prefix.clone());
         tasks.push(tokio::spawn(async move {
-            let (mut reads, mut errors, mut bypass) = (0usize, 0usize, 0usize);
+            let (mut reads, mut errors, mut bypass, mut wrong) = (0usize, 0usize, 0usize, 0usize);
             let mut i = t;
             while started.elapsed() < Duration::from_secs(seconds) {
                 i += 7;
@@ -361,28 +434,36 @@ async fn redis_cut_during_reads_gives_no_server_error_and_the_cache_refills() {
                     .send()
                     .await;
                 reads += 1;
+                let user = format!("{prefix}{}", i % users);
                 match r {
                     Ok(r) if r.status().as_u16() == 200 => {
                         if r.headers().get("x-cache").is_some_and(|v| v == "bypass") {
                             bypass += 1;
                         }
+                        // The answer must be the acknowledged profile (version 1, its id).
+                        let json: serde_json::Value = r.json().await.unwrap_or_default();
+                        if json["id"] != user.as_str() || json["version"] != 1 {
+                            wrong += 1;
+                        }
                     }
-                    _ => errors += 1,
+                    Ok(r) if r.status().is_server_error() => errors += 1,
+                    _ => wrong += 1,
                 }
             }
-            (reads, errors, bypass)
+            (reads, errors, bypass, wrong)
         }));
     }
     tokio::time::sleep(Duration::from_secs(seconds / 3)).await;
     proxy.cut();
     tokio::time::sleep(Duration::from_secs(seconds / 3)).await;
     proxy.restore();
-    let (mut reads, mut errors, mut bypass) = (0, 0, 0);
+    let (mut reads, mut errors, mut bypass, mut wrong) = (0, 0, 0, 0);
     for task in tasks {
-        let (r, e, b) = task.await.unwrap();
+        let (r, e, b, w) = task.await.unwrap();
         reads += r;
         errors += e;
         bypass += b;
+        wrong += w;
     }
     assert!(
         bypass > 0,
@@ -405,9 +486,11 @@ async fn redis_cut_during_reads_gives_no_server_error_and_the_cache_refills() {
     Row {
         scenario: "2 Redis cut during reads",
         operations: reads,
-        lost: 0,
-        duplicated: 0,
-        server_errors: errors,
+        lost: NotApplicable,
+        duplicated: NotApplicable,
+        dead_lettered: NotApplicable,
+        wrong: Measured(wrong),
+        server_errors: Measured(errors),
     }
     .record_and_assert();
 }
@@ -487,16 +570,24 @@ async fn postgres_cut_during_writes_half_applies_and_loses_nothing() {
         }
     }
     assert_eq!(after.acked.len(), users, "writes after recovery succeed");
-    assert_eq!(
-        half, 0,
-        "a change without its outbox event (or the reverse)"
-    );
+    // Two events for one change (same user and version) would be a duplicate downstream.
+    let doubled: i64 = sqlx::query_scalar(
+        "select count(*) - count(distinct (user_id, payload->>'profileversion')) \
+         from outbox where user_id like $1",
+    )
+    .bind(format!("{prefix}%"))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     Row {
         scenario: "3 PostgreSQL cut during writes",
         operations: ops + users,
-        lost: lost + half,
-        duplicated: 0,
-        server_errors: writes.server_errors + after.server_errors,
+        lost: Measured(lost),
+        duplicated: Measured(usize::try_from(doubled).unwrap_or(usize::MAX)),
+        dead_lettered: NotApplicable,
+        // A change without its outbox event, or an event without its change.
+        wrong: Measured(half),
+        server_errors: Measured(writes.server_errors + after.server_errors),
     }
     .record_and_assert();
 }
@@ -526,26 +617,42 @@ async fn consumer_killed_repeatedly_misses_and_doubles_nothing() {
         system.start_consumer("audit").await.unwrap();
     }
     let writes = writer.await.unwrap();
-    let expected: HashSet<(String, i64)> = writes.acked.iter().cloned().collect();
     let pool = system.pool().await.unwrap();
+    let expected = Expected::from_acked(&pool, &writes.acked).await.unwrap();
     eventually(Duration::from_secs(180), || {
-        let pool = &pool;
-        let expected = &expected;
-        async move { audit_gaps(pool, expected).await.0 == 0 }
+        let (pool, expected) = (&pool, &expected);
+        async move {
+            let effects = effects::audit_effects(pool).await.unwrap_or_default();
+            effects::tally(expected, &effects).lost == 0
+        }
     })
     .await;
-    let (lost, duplicated) = audit_gaps(&pool, &expected).await;
-    let rows: i64 = sqlx::query_scalar("select count(*) from audit_log")
-        .fetch_one(&pool)
+    let audit = effects::tally(&expected, &effects::audit_effects(&pool).await.unwrap());
+    let dead = effects::records_in_topic(&system.broker.brokers(), &format!("{TOPIC}.dlq"))
         .await
         .unwrap();
     assert!(kills >= 3);
+    if audit.lost > 0 {
+        // Which consumer should have had the partitions, and what it said.
+        for consumer in &system.consumers {
+            let log = consumer.service.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            println!(
+                "--- {} ({}) log tail:\n{}",
+                consumer.handler,
+                consumer.group,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
     Row {
         scenario: "4 consumer SIGKILLed every 2.5 s",
         operations: ops,
-        lost,
-        duplicated: duplicated + (rows as usize).saturating_sub(expected.len()),
-        server_errors: writes.server_errors,
+        lost: Measured(audit.lost),
+        duplicated: Measured(audit.duplicated),
+        dead_lettered: Measured(dead),
+        wrong: NotApplicable,
+        server_errors: Measured(writes.server_errors),
     }
     .record_and_assert();
 }
@@ -703,17 +810,29 @@ async fn duplicated_and_reordered_events_end_in_the_in_order_state() {
     .await
     .unwrap()
     .unwrap_or(0);
-    let audit_rows: i64 = sqlx::query_scalar("select count(*) from audit_log")
-        .fetch_one(&pool)
+    let (audit_rows, audited_events): (i64, i64) =
+        sqlx::query_as("select count(*), count(distinct event_id) from audit_log")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let dead = effects::records_in_topic(&system.broker.brokers(), &format!("{TOPIC}.dlq"))
         .await
         .unwrap();
-    assert!(audit_rows <= expected_changes, "an event audited twice");
     Row {
         scenario: "5 duplicated + reordered events injected",
         operations: injected,
-        lost: wrong + (expected_changes - changes.min(expected_changes)) as usize,
-        duplicated: (changes - expected_changes).max(0) as usize,
-        server_errors: 0,
+        lost: Measured(
+            (expected_changes - changes.min(expected_changes)) as usize
+                + (expected_changes - audited_events.min(expected_changes)) as usize,
+        ),
+        duplicated: Measured(
+            (changes - expected_changes).max(0) as usize
+                + (audit_rows - audited_events).max(0) as usize,
+        ),
+        dead_lettered: Measured(dead),
+        // Final state different from the in-order one (analytics state, cache, country counts).
+        wrong: Measured(wrong),
+        server_errors: NotApplicable,
     }
     .record_and_assert();
 }
@@ -764,8 +883,12 @@ async fn poison_records_land_in_the_dlq_and_processing_continues() {
         }
     })
     .await;
-    let audited: i64 = sqlx::query_scalar("select count(*) from audit_log")
-        .fetch_one(&pool)
+    let (audited, audited_events): (i64, i64) =
+        sqlx::query_as("select count(*), count(distinct event_id) from audit_log")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let in_dlq = effects::records_in_topic(&system.broker.brokers(), &format!("{TOPIC}.dlq"))
         .await
         .unwrap();
 
@@ -797,9 +920,13 @@ async fn poison_records_land_in_the_dlq_and_processing_continues() {
     Row {
         scenario: "6 poison records injected",
         operations: good + poison,
-        lost: good.saturating_sub(audited as usize) + poison.saturating_sub(with_reason),
-        duplicated: (audited as usize).saturating_sub(good),
-        server_errors: 0,
+        lost: Measured(good.saturating_sub(audited_events as usize)),
+        duplicated: Measured((audited - audited_events).max(0) as usize),
+        // Good records in the dead-letter topic: everything there beyond the poison.
+        dead_lettered: Measured(in_dlq.saturating_sub(poison)),
+        // Poison records not dead-lettered with their key and reason.
+        wrong: Measured(poison.saturating_sub(with_reason)),
+        server_errors: NotApplicable,
     }
     .record_and_assert();
 }
@@ -1001,9 +1128,12 @@ async fn generated_bad_input_never_yields_a_server_error() {
     Row {
         scenario: "7 generated bad input (seeded fuzz)",
         operations: requests,
-        lost: not_problem,
-        duplicated: 0,
-        server_errors,
+        lost: NotApplicable,
+        duplicated: NotApplicable,
+        dead_lettered: NotApplicable,
+        // 4xx answers that are not problem+json with their status.
+        wrong: Measured(not_problem),
+        server_errors: Measured(server_errors),
     }
     .record_and_assert();
 }
@@ -1053,10 +1183,206 @@ fn invalid_profile_consumers_are_refused_by_the_crd() {
     Row {
         scenario: "8 invalid ProfileConsumer resources",
         operations: files,
-        lost: accepted_invalid.len(),
-        duplicated: 0,
-        server_errors: 0,
+        lost: NotApplicable,
+        duplicated: NotApplicable,
+        dead_lettered: NotApplicable,
+        // Invalid resources the CRD would accept.
+        wrong: Measured(accepted_invalid.len()),
+        server_errors: NotApplicable,
     }
     .record_and_assert();
     assert_eq!(refused, files, "accepted: {accepted_invalid:?}");
+}
+
+fn host_port_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+}
+
+/// Scenario 9: every consumer's dependencies (PostgreSQL; Redis for cache-refresh; SMTP for
+/// email) cut for far longer than the old retry budget (5 attempts, ~1.5 s) while events flow:
+/// consumers report not ready, nothing is dead-lettered, every effect is there once afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumer_dependencies_cut_for_long_dead_letter_nothing_and_lose_nothing() {
+    let (ops, users) = if full() { (2_000, 100) } else { (300, 40) };
+    let database = kit::FaultProxy::start(&postgres_host_port()).await.unwrap();
+    let redis_proxy = kit::FaultProxy::start(&redis_host_port()).await.unwrap();
+    let smtp = kit::FaultProxy::start(&host_port_of(&kit::smtp_url()))
+        .await
+        .unwrap();
+    let system = System::start(SystemOptions {
+        consumer_database_addr: Some(database.addr().to_string()),
+        consumer_redis_addr: Some(redis_proxy.addr().to_string()),
+        consumer_smtp_addr: Some(smtp.addr().to_string()),
+        ..SystemOptions::default()
+    })
+    .await
+    .unwrap();
+    let prefix = kit::unique("s9").replace('-', "_") + "_";
+    let first = write_stream(&system.api_url, users, ops / 2, 8, &prefix, |_| {}).await;
+    for proxy in [&database, &redis_proxy, &smtp] {
+        proxy.cut();
+    }
+    let second = {
+        let url = system.api_url.clone();
+        let prefix = prefix.clone();
+        tokio::spawn(async move { write_stream(&url, users, ops / 2, 8, &prefix, |_| {}).await })
+    };
+    // Every consumer notices (its records fail) and says so on /readyz.
+    let all_unready = eventually(Duration::from_secs(60), || {
+        let consumers = &system.consumers;
+        async move {
+            let mut unready = 0;
+            for consumer in consumers {
+                if kit_status(&format!("{}/readyz", consumer.url)).await == Some(503) {
+                    unready += 1;
+                }
+            }
+            unready == consumers.len()
+        }
+    })
+    .await;
+    let mut writes = second.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(if full() { 20 } else { 8 })).await;
+    for proxy in [&database, &redis_proxy, &smtp] {
+        proxy.restore();
+    }
+    assert!(
+        all_unready,
+        "not every consumer reported not ready during the cut"
+    );
+    writes.acked.extend(first.acked);
+    writes.server_errors += first.server_errors;
+
+    let pool = system.pool().await.unwrap();
+    let expected = Expected::from_acked(&pool, &writes.acked).await.unwrap();
+    let maildir = kit::maildir();
+    eventually(Duration::from_secs(120), || {
+        let (pool, expected, maildir) = (&pool, &expected, &maildir);
+        async move {
+            let audit = effects::tally(
+                expected,
+                &effects::audit_effects(pool).await.unwrap_or_default(),
+            );
+            let mail = effects::tally(expected, &effects::mail_effects(maildir));
+            let analytics = effects::analytics_tally(pool, expected)
+                .await
+                .unwrap_or(Tally {
+                    lost: 1,
+                    duplicated: 0,
+                });
+            let cache = effects::cache_lost(&kit::redis_url(), expected)
+                .await
+                .unwrap_or(1);
+            audit.lost + mail.lost + analytics.lost + cache == 0
+        }
+    })
+    .await;
+    let audit = effects::tally(&expected, &effects::audit_effects(&pool).await.unwrap());
+    let mail = effects::tally(&expected, &effects::mail_effects(&maildir));
+    let analytics = effects::analytics_tally(&pool, &expected).await.unwrap();
+    let cache_lost = effects::cache_lost(&kit::redis_url(), &expected)
+        .await
+        .unwrap();
+    let dead = effects::records_in_topic(&system.broker.brokers(), &format!("{TOPIC}.dlq"))
+        .await
+        .unwrap();
+    let mut ready_again = 0;
+    for consumer in &system.consumers {
+        if kit_status(&format!("{}/readyz", consumer.url)).await == Some(200) {
+            ready_again += 1;
+        }
+    }
+    let total = audit + mail + analytics;
+    println!(
+        "9: audit {audit:?}, analytics {analytics:?}, mail {mail:?}, cache lost {cache_lost}, dead letters {dead}, ready again {ready_again}"
+    );
+    Row {
+        scenario: "9 consumers' PostgreSQL, Redis and SMTP cut during writes",
+        operations: ops,
+        lost: Measured(total.lost + cache_lost),
+        duplicated: Measured(total.duplicated),
+        dead_lettered: Measured(dead),
+        // Consumers not ready again after the dependencies came back.
+        wrong: Measured(system.consumers.len() - ready_again),
+        server_errors: Measured(writes.server_errors),
+    }
+    .record_and_assert();
+}
+
+async fn kit_status(url: &str) -> Option<u16> {
+    reqwest::get(url).await.ok().map(|r| r.status().as_u16())
+}
+
+/// The table itself: a handler broken on purpose must make its row fail. The breakage is done
+/// in the database, under the real consumer: a trigger that deletes every dedup claim as soon
+/// as it is made (dedup disabled), and one that silently drops some audit rows (effect skipped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn table_rows_fail_when_the_guarantee_is_broken() {
+    let system = System::start(SystemOptions {
+        handlers: vec!["audit"],
+        ..SystemOptions::default()
+    })
+    .await
+    .unwrap();
+    let pool = system.pool().await.unwrap();
+    sqlx::raw_sql(
+        "create function forget_claim() returns trigger language plpgsql as $$ begin \
+           delete from processed_event where consumer_group = new.consumer_group and event_id = new.event_id; \
+           return null; end $$; \
+         create trigger forget_claim after insert on processed_event \
+           for each row execute function forget_claim(); \
+         create function skip_effect() returns trigger language plpgsql as $$ begin \
+           if new.user_id like '%skip%' then return null; end if; return new; end $$; \
+         create trigger skip_effect before insert on audit_log \
+           for each row execute function skip_effect();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let producer = producer(&system.broker.brokers());
+    let prefix = kit::unique("mut").replace('-', "_") + "_";
+    let mut expected = Expected::default();
+    for u in 0..10 {
+        let user = if u < 2 {
+            format!("{prefix}skip{u}")
+        } else {
+            format!("{prefix}{u}")
+        };
+        let e = event(&user, 1, "PT");
+        expected.events.insert(e.id.to_string(), (user.clone(), 1));
+        expected.last.insert(user.clone(), 1);
+        // Delivered twice, as after a crash before the offset commit.
+        send(&producer, TOPIC, &user, &e.to_json()).await;
+        send(&producer, TOPIC, &user, &e.to_json()).await;
+    }
+    eventually(Duration::from_secs(60), || {
+        let pool = &pool;
+        async move {
+            sqlx::query_scalar::<_, i64>("select count(*) from audit_log")
+                .fetch_one(pool)
+                .await
+                .unwrap_or(0)
+                >= 16
+        }
+    })
+    .await;
+    let audit = effects::tally(&expected, &effects::audit_effects(&pool).await.unwrap());
+    let row = Row {
+        scenario: "mutation: dedup disabled, two effects skipped",
+        operations: 20,
+        lost: Measured(audit.lost),
+        duplicated: Measured(audit.duplicated),
+        dead_lettered: NotApplicable,
+        wrong: NotApplicable,
+        server_errors: NotApplicable,
+    };
+    println!("{}", row.line());
+    assert_eq!(audit.lost, 2, "the two skipped effects are counted lost");
+    assert_eq!(
+        audit.duplicated, 8,
+        "every redelivery of the other eight is counted"
+    );
+    assert!(!row.passes(), "the row must fail: {}", row.line());
 }

@@ -3,11 +3,13 @@
 //! `profile-consumer` binaries as processes.
 //!
 //! # Layout
+//! - [`effects`]: counting effects downstream, for the reliability table.
 //! - [`system`]: the API and the consumers as processes on a private broker ([`system::System`]).
 //! - [`OtlpReceiver`]: collects every span exported to it, with its service name.
 //! - [`Service`]: a running binary with its log file; killed on drop.
 //! - [`binary`], [`free_port`], [`wait_http_ok`].
 
+pub mod effects;
 pub mod system;
 
 use std::net::SocketAddr;

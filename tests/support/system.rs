@@ -25,6 +25,12 @@ pub struct SystemOptions {
     pub api_database_addr: Option<String>,
     /// `host:port` the API should use for Redis instead of the stack's (a fault proxy).
     pub api_redis_addr: Option<String>,
+    /// `host:port` the consumers should use for PostgreSQL instead of the stack's.
+    pub consumer_database_addr: Option<String>,
+    /// `host:port` the consumers should use for Redis instead of the stack's.
+    pub consumer_redis_addr: Option<String>,
+    /// `host:port` the consumers should use for SMTP instead of the stack's sink.
+    pub consumer_smtp_addr: Option<String>,
 }
 
 impl Default for SystemOptions {
@@ -35,6 +41,9 @@ impl Default for SystemOptions {
             partitions: 3,
             api_database_addr: None,
             api_redis_addr: None,
+            consumer_database_addr: None,
+            consumer_redis_addr: None,
+            consumer_smtp_addr: None,
         }
     }
 }
@@ -122,14 +131,26 @@ impl System {
     pub async fn start_consumer(&mut self, handler: &'static str) -> anyhow::Result<()> {
         let port = free_port()?;
         let group = format!("{}-{handler}", self.group_prefix);
+        let database_url = match &self.options.consumer_database_addr {
+            Some(addr) => replace_host_port(&self.database_url, addr),
+            None => self.database_url.clone(),
+        };
+        let redis_url = match &self.options.consumer_redis_addr {
+            Some(addr) => format!("redis://{addr}"),
+            None => kit::redis_url(),
+        };
+        let smtp_url = match &self.options.consumer_smtp_addr {
+            Some(addr) => format!("smtp://{addr}"),
+            None => kit::smtp_url(),
+        };
         let mut env = vec![
             ("KAFKA_BROKERS", self.broker.brokers()),
             ("KAFKA_GROUP_ID", group.clone()),
             ("KAFKA_TOPICS", TOPIC.to_owned()),
             ("CONSUMER_HANDLER", handler.to_owned()),
-            ("DATABASE_URL", self.database_url.clone()),
-            ("REDIS_URL", kit::redis_url()),
-            ("SMTP_URL", kit::smtp_url()),
+            ("DATABASE_URL", database_url),
+            ("REDIS_URL", redis_url),
+            ("SMTP_URL", smtp_url),
             ("METRICS_ADDR", format!("127.0.0.1:{port}")),
             ("OTEL_SERVICE_NAME", format!("profile-consumer-{handler}")),
             ("RUST_LOG", "info".to_owned()),

@@ -1,4 +1,6 @@
-//! The consume loop: one record at a time, effect first, offset after.
+//! The consume loop: records are handed, in order, to one worker per assigned partition
+//! ([`crate::partition`]), which applies the effect first and stores the offset after. Partitions
+//! go on concurrently; a partition waiting for a dependency is paused alone.
 //!
 //! Offsets: `enable.auto.commit=true` with `enable.auto.offset.store=false`. An offset is
 //! *stored* only once the record's effect is durable (or its dead letter is acknowledged), and
@@ -6,13 +8,18 @@
 //! commits synchronously before partitions are revoked) and on close. A crash can therefore
 //! only replay records, and replays are made harmless by the handlers' dedup and version checks.
 //!
-//! Shutdown: when the token is cancelled the loop finishes the in-flight record (a record in
-//! its retry backoff is abandoned, unstored, to be redelivered), commits synchronously and
-//! closes the consumer, which leaves the group so its partitions move at once.
+//! Rebalances: a revoked partition's worker is retired (it stores nothing more), and a partition
+//! assigned again gets a new worker that starts only after the old one finished, so one
+//! partition's records are never handled twice at once.
+//!
+//! Shutdown: when the token is cancelled every worker finishes its in-flight record (a record in
+//! its retry backoff is abandoned, unstored, to be redelivered), then the loop commits
+//! synchronously and closes the consumer, which leaves the group so its partitions move at once.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use rdkafka::client::ClientContext;
@@ -21,18 +28,16 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
-use rdkafka::{Message, Statistics};
-use statecast_events::ProfileEvent;
+use rdkafka::{Message, Statistics, TopicPartitionList};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::config::Config;
-use crate::dlq::{self, DeadLetter, Reason};
-use crate::handlers::{Delivery, Handler};
-use crate::metrics::{Metrics, RecordResult};
-use crate::retry::Backoff;
+use crate::dlq;
+use crate::handlers::Handler;
+use crate::metrics::Metrics;
+use crate::partition::{Shared, Worker};
 use crate::{Error, Result};
 
 /// Runs the consumer and its HTTP endpoints until `shutdown` is cancelled or a fatal error.
@@ -85,11 +90,20 @@ async fn consume(
         handler = Handler::connect(config) => handler?,
         () = shutdown.cancelled() => return Ok(()),
     };
-    let context = Context {
+    let health = Arc::new(Health {
+        assigned: AtomicBool::new(false),
+        paused: AtomicUsize::new(0),
         ready,
         metrics: metrics.clone(),
+    });
+    let assignment = Arc::new(Assignment::default());
+    let context = Context {
+        health: health.clone(),
+        metrics: metrics.clone(),
+        assignment: assignment.clone(),
     };
-    let consumer: StreamConsumer<Context> = consumer_config(config).create_with_context(context)?;
+    let consumer: Arc<StreamConsumer<Context>> =
+        Arc::new(consumer_config(config).create_with_context(context)?);
     let producer: FutureProducer = producer_config(config).create()?;
     let dlq_topic = config.dlq_topic();
     tokio::select! {
@@ -106,44 +120,172 @@ async fn consume(
         "consuming"
     );
 
-    let worker = Worker {
+    let shared = Arc::new(Shared {
+        consumer: consumer.clone(),
         handler,
         producer,
         metrics: metrics.clone(),
+        health,
         group: config.kafka_group_id.clone(),
-        dlq_topic: config.dlq_topic(),
+        dlq_topic,
         attempts: config.attempts(),
         backoff: config.backoff(),
-        shutdown: shutdown.clone(),
-    };
+    });
+    let mut workers: HashMap<(String, i32), Worker> = HashMap::new();
+    // Workers of revoked partitions that may still be finishing a handler call.
+    let mut retiring: HashMap<(String, i32), JoinHandle<()>> = HashMap::new();
     loop {
         let message = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            () = assignment.changed.notified() => {
+                retire_unassigned(&assignment, &mut workers, &mut retiring);
+                continue;
+            }
             message = consumer.recv() => message,
         };
-        match message {
-            Ok(message) => {
-                if worker.process(&message).await == Disposition::Done
-                    && let Err(e) = consumer.store_offset_from_message(&message)
-                {
-                    // The partition was revoked meanwhile; its new owner replays the record.
-                    tracing::warn!(error = %e, "cannot store the offset");
-                }
-            }
+        let message = match message {
+            Ok(message) => message.detach(),
             Err(e) => {
                 tracing::warn!(error = %e, "consumer error");
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
             }
+        };
+        let key = (message.topic().to_owned(), message.partition());
+        // The rebalance callbacks run inside `recv`, before any record of a new assignment is
+        // returned, so the generation read here is the one this record belongs to.
+        let Some(generation) = assignment.generation(&key) else {
+            continue; // revoked meanwhile: the partition's new owner consumes it
+        };
+        if workers
+            .get(&key)
+            .is_some_and(|w| w.generation != generation)
+            && let Some(old) = workers.remove(&key)
+        {
+            retiring.insert(key.clone(), old.retire());
         }
+        let worker = workers.entry(key.clone()).or_insert_with(|| {
+            let previous = retiring.remove(&key);
+            Worker::start(shared.clone(), key.0.clone(), key.1, generation, previous)
+        });
+        worker.push(message);
+        retiring.retain(|_, task| !task.is_finished());
     }
+    for (_, worker) in workers.drain() {
+        let _ = worker.stop().await;
+    }
+    for (_, task) in retiring.drain() {
+        let _ = task.await;
+    }
+    drop(shared);
     close(consumer).await
 }
 
+/// Retires the workers whose partition is no longer assigned (or was assigned again since).
+fn retire_unassigned(
+    assignment: &Assignment,
+    workers: &mut HashMap<(String, i32), Worker>,
+    retiring: &mut HashMap<(String, i32), JoinHandle<()>>,
+) {
+    let stale: Vec<(String, i32)> = workers
+        .iter()
+        .filter(|(key, worker)| assignment.generation(key) != Some(worker.generation))
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in stale {
+        if let Some(worker) = workers.remove(&key) {
+            tracing::info!(topic = %key.0, partition = key.1, "partition revoked: retiring its worker");
+            retiring.insert(key, worker.retire());
+        }
+    }
+}
+
+/// The partitions this consumer owns, each with the generation of its latest assignment: a
+/// partition revoked and assigned again gets a new generation, so its old worker is retired.
+#[derive(Default)]
+pub(crate) struct Assignment {
+    partitions: Mutex<HashMap<(String, i32), u64>>,
+    next: AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl Assignment {
+    fn generation(&self, key: &(String, i32)) -> Option<u64> {
+        self.lock().get(key).copied()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), u64>> {
+        // A panic while holding this lock leaves a consistent map: recover it.
+        self.partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn assign(&self, partitions: &TopicPartitionList) {
+        let generation = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut map = self.lock();
+        for element in partitions.elements() {
+            map.insert(
+                (element.topic().to_owned(), element.partition()),
+                generation,
+            );
+        }
+        drop(map);
+        self.changed.notify_one();
+    }
+
+    fn revoke(&self, partitions: &TopicPartitionList) {
+        let mut map = self.lock();
+        for element in partitions.elements() {
+            map.remove(&(element.topic().to_owned(), element.partition()));
+        }
+        drop(map);
+        self.changed.notify_one();
+    }
+}
+
+/// Readiness: the consumer is in its group and no partition is waiting for a dependency.
+pub(crate) struct Health {
+    assigned: AtomicBool,
+    paused: AtomicUsize,
+    ready: Arc<AtomicBool>,
+    metrics: Metrics,
+}
+
+impl Health {
+    fn set_assigned(&self) {
+        self.assigned.store(true, Ordering::SeqCst);
+        self.refresh();
+    }
+
+    /// One partition paused (`true`) or resumed (`false`).
+    pub(crate) fn partition_paused(&self, paused: bool) {
+        if paused {
+            self.paused.fetch_add(1, Ordering::SeqCst);
+        } else {
+            let _ = self
+                .paused
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        }
+        self.refresh();
+    }
+
+    fn refresh(&self) {
+        let paused = self.paused.load(Ordering::SeqCst);
+        self.metrics
+            .set_paused(i64::try_from(paused).unwrap_or(i64::MAX));
+        self.ready.store(
+            self.assigned.load(Ordering::SeqCst) && paused == 0,
+            Ordering::SeqCst,
+        );
+    }
+}
+
 /// Commits the stored offsets and leaves the group (librdkafka's close), off the async threads.
-async fn close(consumer: StreamConsumer<Context>) -> Result<()> {
+async fn close(consumer: Arc<StreamConsumer<Context>>) -> Result<()> {
     tokio::task::spawn_blocking(move || {
-        commit_stored(&consumer);
+        commit_stored(consumer.as_ref());
         consumer.unsubscribe();
         drop(consumer);
         tracing::info!("left the consumer group");
@@ -204,10 +346,12 @@ fn producer_config(config: &Config) -> ClientConfig {
     client
 }
 
-/// librdkafka callbacks: readiness, synchronous commit before revocation, lag gauges.
-struct Context {
-    ready: Arc<AtomicBool>,
+/// librdkafka callbacks: the assignment, readiness, synchronous commit before revocation, lag
+/// gauges.
+pub(crate) struct Context {
+    health: Arc<Health>,
     metrics: Metrics,
+    assignment: Arc<Assignment>,
 }
 
 impl ClientContext for Context {
@@ -223,6 +367,8 @@ impl ConsumerContext for Context {
                 partitions = partitions.count(),
                 "partitions revoked: committing stored offsets"
             );
+            // Workers of these partitions store nothing from now on (they are retired).
+            self.assignment.revoke(partitions);
             commit_stored(consumer);
         }
     }
@@ -231,147 +377,11 @@ impl ConsumerContext for Context {
         match rebalance {
             Rebalance::Assign(partitions) => {
                 tracing::info!(partitions = partitions.count(), "partitions assigned");
-                self.ready.store(true, Ordering::Relaxed);
+                self.assignment.assign(partitions);
+                self.health.set_assigned();
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-        }
-    }
-}
-
-/// Whether the record's offset may be stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Disposition {
-    /// Its effect is durable, or its dead letter acknowledged.
-    Done,
-    /// Shutdown interrupted it: leave it for redelivery.
-    Abandoned,
-}
-
-/// Processes records one at a time.
-struct Worker {
-    handler: Handler,
-    producer: FutureProducer,
-    metrics: Metrics,
-    group: String,
-    dlq_topic: String,
-    attempts: u32,
-    backoff: Backoff,
-    shutdown: CancellationToken,
-}
-
-impl Worker {
-    async fn process(&self, message: &BorrowedMessage<'_>) -> Disposition {
-        let span = crate::telemetry::record_span(message, &self.group);
-        self.process_in_span(message, &span)
-            .instrument(span.clone())
-            .await
-    }
-
-    async fn process_in_span(
-        &self,
-        message: &BorrowedMessage<'_>,
-        span: &tracing::Span,
-    ) -> Disposition {
-        let event = match ProfileEvent::from_json(message.payload().unwrap_or_default()) {
-            Ok(event) => event,
-            Err(e) => {
-                tracing::warn!(error = %e, "undecodable record");
-                span.record("error.type", "undecodable");
-                return self
-                    .dead_letter(message, Reason::Undecodable, e.to_string(), 0)
-                    .await;
-            }
-        };
-        span.record("messaging.message.id", tracing::field::display(event.id));
-        let trace_id = crate::telemetry::record_trace_id(message.headers());
-        let delivery = Delivery {
-            event: &event,
-            group: &self.group,
-            trace_id: trace_id.as_deref(),
-        };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let started = Instant::now();
-            let result = self.handler.handle(delivery).await;
-            self.metrics
-                .observe_handler(started.elapsed().as_secs_f64());
-            let error = match result {
-                Ok(outcome) => {
-                    tracing::info!(?outcome, attempt, "record handled");
-                    self.metrics.record(outcome.into());
-                    return Disposition::Done;
-                }
-                Err(e) => e,
-            };
-            span.record("error.type", error.kind());
-            if error.is_permanent() {
-                tracing::warn!(error = %error, "record rejected");
-                return self
-                    .dead_letter(message, Reason::Rejected, error.to_string(), attempt)
-                    .await;
-            }
-            if attempt >= self.attempts {
-                tracing::error!(error = %error, attempt, "giving up on the record");
-                return self
-                    .dead_letter(
-                        message,
-                        Reason::RetriesExhausted,
-                        error.to_string(),
-                        attempt,
-                    )
-                    .await;
-            }
-            let pause = self.backoff.delay(attempt);
-            tracing::warn!(error = %error, attempt, ?pause, "handler failed; retrying");
-            if self.pause(pause).await.is_err() {
-                return Disposition::Abandoned;
-            }
-        }
-    }
-
-    /// Produces the dead letter until the broker acknowledges it (or shutdown).
-    async fn dead_letter(
-        &self,
-        message: &BorrowedMessage<'_>,
-        reason: Reason,
-        error: String,
-        attempts: u32,
-    ) -> Disposition {
-        let letter = DeadLetter {
-            reason,
-            error,
-            topic: message.topic().to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
-            group: self.group.clone(),
-            attempts,
-        };
-        let mut failures = 0;
-        loop {
-            match dlq::send(&self.producer, &self.dlq_topic, message, &letter).await {
-                Ok(()) => {
-                    self.metrics.record(RecordResult::Dlq);
-                    return Disposition::Done;
-                }
-                Err(e) => {
-                    failures += 1;
-                    let pause = self.backoff.delay(failures);
-                    tracing::error!(error = %e, dlq = %self.dlq_topic, ?pause, "dead letter not produced; retrying");
-                    if self.pause(pause).await.is_err() {
-                        return Disposition::Abandoned;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Sleeps, or fails at once when shutdown is requested.
-    async fn pause(&self, pause: Duration) -> Result<(), ()> {
-        tokio::select! {
-            () = tokio::time::sleep(pause) => Ok(()),
-            () = self.shutdown.cancelled() => Err(()),
         }
     }
 }

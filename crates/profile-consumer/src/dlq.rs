@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use rdkafka::Message;
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaRespErr;
 
@@ -124,7 +124,7 @@ impl DeadLetter {
 }
 
 /// The original headers followed by the dead-letter headers.
-pub fn record_headers(message: &BorrowedMessage<'_>, letter: &DeadLetter) -> OwnedHeaders {
+pub fn record_headers<M: Message>(message: &M, letter: &DeadLetter) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new();
     if let Some(original) = message.headers() {
         for header in original.iter() {
@@ -145,10 +145,10 @@ pub fn record_headers(message: &BorrowedMessage<'_>, letter: &DeadLetter) -> Own
 
 /// Produces the dead letter of `message` and waits for the broker's acknowledgement.
 #[tracing::instrument(skip_all, fields(dlq.topic = %dlq_topic, dlq.reason = letter.reason.as_str()), err)]
-pub async fn send(
+pub async fn send<M: Message>(
     producer: &FutureProducer,
     dlq_topic: &str,
-    message: &BorrowedMessage<'_>,
+    message: &M,
     letter: &DeadLetter,
 ) -> Result<(), rdkafka::error::KafkaError> {
     let mut record: FutureRecord<'_, [u8], [u8]> =

@@ -10,8 +10,10 @@
 //! # Layout
 //! - [`config`]: command line and environment ([`Config`]).
 //! - [`consumer`]: the consume loop, rebalance hooks and graceful shutdown ([`run`]).
+//! - `partition`: one worker per assigned partition; where a failure is retried, paused on or
+//!   dead-lettered.
 //! - [`retry`]: the exponential backoff schedule.
-//! - [`dlq`]: dead-letter records and their headers.
+//! - [`dlq`]: dead-letter records and their headers; [`replay`]: `profile-consumer dlq replay`.
 //! - [`store`]: the PostgreSQL dedup (`processed_event`) and order (`applied_version`) tables.
 //! - [`handlers`]: the effects, one module per handler.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/healthz`, `/readyz`, `/metrics`.
@@ -23,6 +25,8 @@ pub mod dlq;
 pub mod handlers;
 pub mod http;
 pub mod metrics;
+mod partition;
+pub mod replay;
 pub mod retry;
 pub mod store;
 pub mod telemetry;

@@ -1,4 +1,6 @@
 //! `profile-consumer`: parse the configuration, set up telemetry, run until SIGTERM/SIGINT.
+//! `profile-consumer dlq replay ...` republishes a group's dead letters instead (see
+//! `profile_consumer::replay`).
 
 use clap::Parser;
 use profile_consumer::Config;
@@ -6,6 +8,10 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "dlq") {
+        return dlq_command(&args).await;
+    }
     let config = Config::parse();
     let telemetry = match statecast_telemetry::TelemetryConfig::from_env("profile-consumer")
         .and_then(|c| statecast_telemetry::init(&c))
@@ -49,4 +55,46 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: finishing the in-flight record and leaving the group"),
     }
     shutdown.cancel();
+}
+
+/// `profile-consumer dlq replay [FLAGS]`.
+async fn dlq_command(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    if args.get(2).is_none_or(|a| a != "replay") {
+        eprintln!(
+            "usage: profile-consumer dlq replay --kafka-group-id GROUP [--dlq-topic TOPIC] [--dry-run]"
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let replay_args = profile_consumer::replay::ReplayArgs::parse_from(
+        std::iter::once(std::ffi::OsString::from("profile-consumer dlq replay"))
+            .chain(args.iter().skip(3).cloned()),
+    );
+    let telemetry = statecast_telemetry::TelemetryConfig::from_env("profile-consumer")
+        .and_then(|c| statecast_telemetry::init(&c))
+        .ok();
+    let result = profile_consumer::replay::replay(&replay_args).await;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
+    match result {
+        Ok(summary) => {
+            println!(
+                "{} {} dead letters of group {} from {} ({} of other groups left alone)",
+                if replay_args.dry_run {
+                    "would replay"
+                } else {
+                    "replayed"
+                },
+                summary.replayed,
+                replay_args.kafka_group_id,
+                replay_args.dlq_topic,
+                summary.other_groups
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("profile-consumer dlq replay: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,6 +1,9 @@
 //! Prometheus metrics of the consumer:
 //! - `consumer_records_total{result}`: records by outcome (`processed`, `duplicate`, `stale`, `dlq`);
 //! - `consumer_handler_duration_seconds`: time of each handler attempt;
+//! - `consumer_retries_total{reason}`: failed attempts that will be retried, by what failed
+//!   (`database`, `redis`, `smtp`, `kafka` for a dead letter not produced);
+//! - `consumer_paused_partitions`: partitions paused while their record waits for a dependency;
 //! - `consumer_lag{topic,partition}`: committed offset behind the high watermark, per assigned
 //!   partition, from librdkafka's statistics (every `KAFKA_STATISTICS_INTERVAL_MS`).
 
@@ -49,6 +52,11 @@ struct ResultLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LagLabels {
     topic: String,
     partition: String,
@@ -59,6 +67,8 @@ struct LagLabels {
 pub struct Metrics {
     records: Family<ResultLabels, Counter>,
     handler_duration: Histogram,
+    retries: Family<RetryLabels, Counter>,
+    paused: Gauge,
     lag: Family<LagLabels, Gauge>,
 }
 
@@ -67,6 +77,8 @@ impl Default for Metrics {
         Self {
             records: Family::default(),
             handler_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            retries: Family::default(),
+            paused: Gauge::default(),
             lag: Family::default(),
         }
     }
@@ -86,6 +98,16 @@ impl Metrics {
             self.handler_duration.clone(),
         );
         registry.register(
+            "consumer_retries",
+            "Failed attempts at a record that will be retried, by what failed",
+            self.retries.clone(),
+        );
+        registry.register(
+            "consumer_paused_partitions",
+            "Partitions paused while their record waits for a dependency",
+            self.paused.clone(),
+        );
+        registry.register(
             "consumer_lag",
             "Records between the committed offset and the high watermark",
             self.lag.clone(),
@@ -100,6 +122,16 @@ impl Metrics {
     /// The count of `result` so far.
     pub fn count(&self, result: RecordResult) -> u64 {
         self.records.get_or_create(&ResultLabels { result }).get()
+    }
+
+    /// Counts one failed attempt that will be retried; `reason` is what failed.
+    pub fn retried(&self, reason: &'static str) {
+        self.retries.get_or_create(&RetryLabels { reason }).inc();
+    }
+
+    /// Sets the number of paused partitions.
+    pub fn set_paused(&self, partitions: i64) {
+        self.paused.set(partitions);
     }
 
     /// Observes one handler attempt.

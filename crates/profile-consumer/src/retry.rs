@@ -1,7 +1,7 @@
 //! The exponential backoff between attempts at a record (and at a dead-letter produce).
 //!
-//! Deterministic on purpose: one consumer retries one record at a time, so there is no herd to
-//! spread with jitter, and a fixed schedule is easy to reason about and to test.
+//! Capped, with jitter: during an outage every partition of every replica retries against the
+//! same dependency, and without jitter they would all knock at once when it comes back.
 
 use std::time::Duration;
 
@@ -26,6 +26,14 @@ impl Backoff {
             .unwrap_or(self.max)
             .min(self.max)
     }
+
+    /// [`Backoff::delay`] with "equal jitter": half the delay, plus `unit` (in `[0, 1)`, drawn
+    /// by the caller) of the other half. Never below half the delay, never above it.
+    pub fn jittered(&self, attempt: u32, unit: f64) -> Duration {
+        let delay = self.delay(attempt);
+        let half = delay / 2;
+        half + half.mul_f64(unit.clamp(0.0, 1.0))
+    }
 }
 
 #[cfg(test)]
@@ -39,5 +47,15 @@ mod tests {
         assert_eq!(schedule, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         assert_eq!(backoff.delay(0), Duration::from_millis(100));
         assert_eq!(backoff.delay(u32::MAX), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn jitter_stays_between_half_the_delay_and_the_delay() {
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        assert_eq!(backoff.jittered(3, 0.0), Duration::from_millis(200));
+        assert_eq!(backoff.jittered(3, 0.5), Duration::from_millis(300));
+        assert_eq!(backoff.jittered(3, 1.0), Duration::from_millis(400));
+        assert_eq!(backoff.jittered(40, 0.99), Duration::from_millis(4975));
+        assert_eq!(backoff.jittered(1, 7.0), Duration::from_millis(100));
     }
 }

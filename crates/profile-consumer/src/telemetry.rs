@@ -4,11 +4,11 @@
 //! database, Redis and SMTP work are child spans through `#[tracing::instrument]`.
 
 use rdkafka::Message;
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::Headers;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The `process {topic}` span of one record; `messaging.message.id` is recorded once decoded.
-pub fn record_span(message: &BorrowedMessage<'_>, group: &str) -> tracing::Span {
+pub fn record_span<M: Message>(message: &M, group: &str) -> tracing::Span {
     let topic = message.topic();
     let key = message
         .key()

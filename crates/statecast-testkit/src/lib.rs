@@ -188,12 +188,14 @@ impl FaultProxy {
     }
 }
 
-/// A tansu broker of the test's own, on its own port, with in-memory storage.
+/// A tansu broker of the test's own, on its own port, with its log in a SQLite file of its own.
 ///
-/// Killing it loses its topics (memory storage); [`PrivateBroker::restart`] brings up an empty
-/// broker on the same port, and the caller re-creates its topics.
+/// Durable like a real broker: [`PrivateBroker::kill`] is a crash (SIGKILL), and
+/// [`PrivateBroker::restart`] brings the same broker back with its topics, records and the
+/// groups' committed offsets intact.
 pub struct PrivateBroker {
     port: u16,
+    dir: PathBuf,
     child: Option<tokio::process::Child>,
 }
 
@@ -204,7 +206,14 @@ impl PrivateBroker {
             let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
             probe.local_addr()?.port()
         };
-        let mut broker = Self { port, child: None };
+        let dir = std::env::temp_dir().join(unique("statecast-broker"));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("create broker directory {}", dir.display()))?;
+        let mut broker = Self {
+            port,
+            dir,
+            child: None,
+        };
         broker.spawn().await?;
         Ok(broker)
     }
@@ -225,7 +234,9 @@ impl PrivateBroker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "memory://tansu/"])
+            // Relative to the working directory: tansu's SQLite URL takes a path after `//`.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -267,10 +278,17 @@ impl PrivateBroker {
         }
     }
 
-    /// Starts a new, empty broker on the same port.
+    /// Kills the broker if it runs, then starts it again on the same port and the same log.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await;
         self.spawn().await
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        // The child is killed on drop (kill_on_drop); its log goes with it.
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -278,12 +296,9 @@ fn tansu_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("TANSU_BIN") {
         return PathBuf::from(bin);
     }
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
-        });
-    let bin = cargo_home.join("bin/tansu");
+    // Where scripts/stack builds it (scripts/tansu/build): the patched tansu, never another.
+    let bin = PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+        .join(".cache/statecast/tools/tansu/tansu");
     if bin.exists() {
         bin
     } else {

@@ -2,9 +2,10 @@
 //! so an audit entry leads to the request that caused it.
 //!
 //! The row, the `processed_event` claim and the `applied_version` move commit in one
-//! transaction, so a redelivered event is a `duplicate` and never a second row. Like every
-//! handler, a version at or below the user's last applied one is `stale` and not recorded: the
-//! log holds the sequence of states the group applied, strictly increasing per user.
+//! transaction, so a redelivered event is a `duplicate` and never a second row. Unlike the
+//! state-keeping handlers, the audit log is a trail: every distinct event is recorded, also one
+//! older than the user's last applied version (a dead letter replayed after a fix, say). Such a
+//! row is counted `stale` (it arrived out of order), and `applied_version` does not move back.
 
 use sqlx::PgPool;
 
@@ -31,24 +32,19 @@ impl Audit {
         if !store::claim_event(&mut tx, delivery.group, event.id).await? {
             return Ok(Outcome::Duplicate);
         }
-        if store::advance_version(
+        let decision = store::advance_version(
             &mut tx,
             delivery.group,
             &event.subject,
             event.profileversion,
         )
-        .await?
-            == VersionDecision::Stale
-        {
-            tx.commit().await?;
-            return Ok(Outcome::Stale);
-        }
+        .await?;
         let snapshot = serde_json::to_value(&event.data)
             .map_err(|e| HandlerError::Rejected(format!("snapshot not serializable: {e}")))?;
         sqlx::query(
             "insert into audit_log \
              (event_id, event_type, user_id, version, event_time, trace_id, snapshot) \
-             values ($1, $2, $3, $4, $5, $6, $7) on conflict (event_id) do nothing",
+             values ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(event.id)
         .bind(event.event_type.as_str())
@@ -60,6 +56,9 @@ impl Audit {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Outcome::Processed)
+        Ok(match decision {
+            VersionDecision::Apply => Outcome::Processed,
+            VersionDecision::Stale => Outcome::Stale,
+        })
     }
 }

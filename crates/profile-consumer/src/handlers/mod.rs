@@ -1,7 +1,7 @@
 //! The effects. Each handler turns one decoded [`ProfileEvent`] into an [`Outcome`], applying its
 //! effect at most once per consumer group (dedup) and only for versions newer than the last one
-//! applied for the user (order). Failures are [`HandlerError`]s: the consume loop retries them
-//! with backoff and dead-letters the record when attempts run out or the error is permanent.
+//! applied for the user (order). Failures are [`HandlerError`]s, each of an [`ErrorClass`]: the
+//! consume loop retries transient ones without end and dead-letters permanent ones.
 //!
 //! # Layout
 //! - [`audit`]: append-only `audit_log` (PostgreSQL).
@@ -44,16 +44,16 @@ impl From<Outcome> for RecordResult {
 /// Why a handler could not apply an event.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// PostgreSQL failed (transient: retried).
+    /// PostgreSQL failed ([`HandlerError::class`] tells whether retrying can help).
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    /// Redis failed (transient: retried).
+    /// Redis failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    /// The SMTP server failed (transient: retried).
+    /// The SMTP server failed or answered with an error.
     #[error("smtp: {0}")]
     Smtp(#[from] lettre::transport::smtp::Error),
-    /// The SMTP server could not be reached, or did not answer in time (transient: retried).
+    /// The SMTP server could not be reached, or did not answer in time (transient).
     #[error("smtp: {0}")]
     SmtpConnect(String),
     /// The event can never be applied (permanent: dead-lettered at once).
@@ -61,13 +61,35 @@ pub enum HandlerError {
     Rejected(String),
 }
 
+/// Whether retrying a failed record can help: decides between waiting and dead-lettering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// A dependency is down or overloaded (connection refused or lost, timeout, pool exhausted,
+    /// SMTP 4xx, Redis loading or failing over): retried without end, the partition paused,
+    /// never dead-lettered. Giving up would turn an outage into lost effects.
+    Transient,
+    /// Retrying cannot help (undecodable, refused by the handler or by the database's
+    /// constraints, SMTP 5xx): dead-lettered at once, to be replayed once fixed.
+    Permanent,
+    /// Neither is known (an unexpected server error): retried `MAX_RETRIES` times, then
+    /// dead-lettered as `retries-exhausted`.
+    Unknown,
+}
+
 impl HandlerError {
-    /// Whether retrying cannot help.
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::Rejected(_))
+    /// How the consume loop treats this failure.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Database(e) => classify_sqlx(e),
+            Self::Redis(e) => classify_redis(e),
+            Self::Smtp(e) if e.is_permanent() => ErrorClass::Permanent,
+            // 4xx, and everything below a reply: connection, TLS, timeout, shutdown.
+            Self::Smtp(_) | Self::SmtpConnect(_) => ErrorClass::Transient,
+            Self::Rejected(_) => ErrorClass::Permanent,
+        }
     }
 
-    /// A short label for the span's `error.type`.
+    /// A short label for the span's `error.type` and `consumer_retries_total{reason}`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Database(_) => "database",
@@ -75,6 +97,68 @@ impl HandlerError {
             Self::Smtp(_) | Self::SmtpConnect(_) => "smtp",
             Self::Rejected(_) => "rejected",
         }
+    }
+}
+
+/// sqlx errors: transport and pool trouble is transient; for a server error the SQLSTATE class
+/// decides (PostgreSQL's appendix A).
+fn classify_sqlx(error: &sqlx::Error) -> ErrorClass {
+    use sqlx::Error as E;
+    match error {
+        E::Io(_)
+        | E::Tls(_)
+        | E::Protocol(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed => ErrorClass::Transient,
+        E::Database(db) => db
+            .code()
+            .map_or(ErrorClass::Unknown, |code| classify_sqlstate(&code)),
+        // A query that does not fit the schema or a value that does not decode: a bug or a
+        // bad event, not an outage.
+        E::RowNotFound
+        | E::TypeNotFound { .. }
+        | E::ColumnIndexOutOfBounds { .. }
+        | E::ColumnNotFound(_)
+        | E::ColumnDecode { .. }
+        | E::Encode(_)
+        | E::Decode(_)
+        | E::Configuration(_)
+        | E::InvalidArgument(_) => ErrorClass::Permanent,
+        _ => ErrorClass::Unknown,
+    }
+}
+
+/// By SQLSTATE class: `08` connection, `40` serialization failure or deadlock, `53` out of
+/// resources (too many connections, disk full), `57` operator intervention (shutdown, cannot
+/// connect now), `58` system error, `55P03` lock not available, `25006` read-only transaction (a
+/// failover in progress) are transient; `22` data exception and `23` integrity violation are
+/// permanent.
+fn classify_sqlstate(code: &str) -> ErrorClass {
+    match code {
+        "55P03" | "25006" => ErrorClass::Transient,
+        _ => match code.get(..2) {
+            Some("08" | "40" | "53" | "57" | "58") => ErrorClass::Transient,
+            Some("22" | "23") => ErrorClass::Permanent,
+            _ => ErrorClass::Unknown,
+        },
+    }
+}
+
+/// Redis errors: whatever redis-rs itself would retry or reconnect for (I/O, dropped or
+/// refused connections, loading, failover, cluster trouble) and timeouts are transient;
+/// client-side misuse is permanent; other server errors (a failing script) are unknown.
+fn classify_redis(error: &redis::RedisError) -> ErrorClass {
+    use redis::{ErrorKind, RetryMethod};
+    if error.is_timeout() || error.is_io_error() || error.is_connection_refusal() {
+        return ErrorClass::Transient;
+    }
+    match (error.retry_method(), error.kind()) {
+        (RetryMethod::NoRetry, ErrorKind::Client | ErrorKind::UnexpectedReturnType) => {
+            ErrorClass::Permanent
+        }
+        (RetryMethod::NoRetry, _) => ErrorClass::Unknown,
+        _ => ErrorClass::Transient,
     }
 }
 
@@ -165,5 +249,54 @@ impl Handler {
             Self::Email(h) => h.handle(delivery).await,
             Self::CacheRefresh(h) => h.handle(delivery).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classified_by_their_class() {
+        assert_eq!(classify_sqlstate("08006"), ErrorClass::Transient); // connection failure
+        assert_eq!(classify_sqlstate("40001"), ErrorClass::Transient); // serialization
+        assert_eq!(classify_sqlstate("40P01"), ErrorClass::Transient); // deadlock
+        assert_eq!(classify_sqlstate("53300"), ErrorClass::Transient); // too many connections
+        assert_eq!(classify_sqlstate("57P01"), ErrorClass::Transient); // admin shutdown
+        assert_eq!(classify_sqlstate("55P03"), ErrorClass::Transient); // lock not available
+        assert_eq!(classify_sqlstate("23505"), ErrorClass::Permanent); // unique violation
+        assert_eq!(classify_sqlstate("22001"), ErrorClass::Permanent); // string too long
+        assert_eq!(classify_sqlstate("42P01"), ErrorClass::Unknown); // undefined table
+    }
+
+    #[test]
+    fn transport_failures_are_transient_and_refusals_permanent() {
+        let io = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(
+            HandlerError::Database(sqlx::Error::Io(io())).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            HandlerError::Database(sqlx::Error::PoolTimedOut).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            HandlerError::Redis(redis::RedisError::from(io())).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            HandlerError::SmtpConnect("timed out".into()).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            HandlerError::Rejected("bad address".into()).class(),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            HandlerError::Database(sqlx::Error::RowNotFound).class(),
+            ErrorClass::Permanent
+        );
+        let script: redis::RedisError = (redis::ErrorKind::Client, "misuse").into();
+        assert_eq!(HandlerError::Redis(script).class(), ErrorClass::Permanent);
     }
 }

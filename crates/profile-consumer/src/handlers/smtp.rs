@@ -464,7 +464,11 @@ mod tests {
         drop(listener);
         let mailer = Mailer::new(settings("127.0.0.1", port, SmtpTls::None), None).unwrap();
         let error = mailer.send(&mail("lost")).await.unwrap_err();
-        assert!(!error.is_permanent(), "{error}");
+        assert_eq!(
+            error.class(),
+            crate::handlers::ErrorClass::Transient,
+            "{error}"
+        );
         assert_eq!(error.kind(), "smtp");
     }
 
@@ -528,7 +532,11 @@ mod tests {
             // Only the bundled Mozilla roots: the test CA is not among them.
             let mailer = Mailer::new(settings("localhost", port, tls), None).unwrap();
             let error = mailer.send(&mail("secret")).await.unwrap_err();
-            assert!(!error.is_permanent(), "{error}");
+            assert_eq!(
+                error.class(),
+                crate::handlers::ErrorClass::Transient,
+                "{error}"
+            );
             assert!(
                 format!("{error:?}").to_lowercase().contains("certificate"),
                 "not a certificate failure: {error:?}"

@@ -82,34 +82,150 @@ async fn a_poison_record_lands_in_the_dlq_with_its_reason_and_the_next_record_is
     audit.stop().await;
 }
 
-#[tokio::test]
-async fn a_handler_failing_max_retries_times_dead_letters_the_record() {
-    let db = statecast_testkit::fresh_database().await.unwrap();
+/// The database URL of `db` through a fault proxy of its own.
+async fn via_proxy(db: &str) -> (statecast_testkit::FaultProxy, String) {
     let (prefix, name) = db.rsplit_once('/').unwrap();
-    let upstream = prefix
-        .rsplit_once('@')
-        .map(|(_, host)| host.to_owned())
-        .unwrap();
-    let proxy = statecast_testkit::FaultProxy::start(&upstream)
+    let (credentials, upstream) = prefix.rsplit_once('@').unwrap();
+    let proxy = statecast_testkit::FaultProxy::start(upstream)
         .await
         .unwrap();
-    let credentials = prefix.rsplit_once('@').unwrap().0;
-    let via_proxy = format!("{credentials}@{}/{name}", proxy.addr());
+    let url = format!("{credentials}@{}/{name}", proxy.addr());
+    (proxy, url)
+}
 
-    let topic = support::topic("retries", 1).await;
-    let mut config = support::config(&topic, HandlerKind::Audit, Some(&via_proxy));
-    config.max_retries = 3;
+/// Records in `topic` (every partition), from the broker's watermarks: what really landed
+/// there, whatever the consumer counted.
+async fn records_in(topic: &str) -> i64 {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", statecast_testkit::kafka_brokers())
+            .create()
+            .unwrap();
+        let metadata = client
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .unwrap();
+        let mut total = 0;
+        for partition in metadata.topics()[0].partitions() {
+            let (low, high) = client
+                .fetch_watermarks(&topic, partition.id(), Duration::from_secs(10))
+                .unwrap();
+            total += high - low;
+        }
+        total
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_database_cut_far_longer_than_the_retry_budget_dead_letters_nothing_and_loses_nothing() {
+    let db = statecast_testkit::fresh_database().await.unwrap();
+    let (proxy, url) = via_proxy(&db).await;
+    let topic = support::topic("cut", 2).await;
+    let mut config = support::config(&topic, HandlerKind::Audit, Some(&url));
+    // The old budget: 2 attempts, 100 ms apart. The cut lasts 40 times that.
+    config.max_retries = 2;
+    config.retry_max_backoff_ms = 200;
     let audit = Running::ready(config).await;
     proxy.cut();
+    let producer = support::producer();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let event = support::event(
+            EventType::UserCreated,
+            &format!("cut-{i}"),
+            1,
+            "c@example.com",
+            "PT",
+        );
+        ids.push(event.id);
+        support::produce(&producer, &topic, &event).await;
+    }
+    audit
+        .wait_metric("consumer_retries_total{reason=\"database\"}", 3.0)
+        .await;
+    audit.wait_metric("consumer_paused_partitions", 1.0).await;
+    let (status, _) = support::http_get(audit.addr, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "not ready while the database is cut");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(audit.records("dlq").await, 0.0);
+    proxy.restore();
+
+    audit.wait_records("processed", 20.0).await;
+    let pool = support::pool(&db).await;
+    let recorded: Vec<uuid::Uuid> = sqlx::query_scalar("select event_id from audit_log")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let mut missing: Vec<_> = ids.iter().filter(|id| !recorded.contains(id)).collect();
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "events without their audit row: {missing:?}"
+    );
+    assert_eq!(recorded.len(), 20, "one row per event");
+    assert_eq!(
+        records_in(&format!("{topic}.dlq")).await,
+        0,
+        "nothing in the dead-letter topic"
+    );
+    support::wait_until("ready again", Duration::from_secs(10), || async {
+        support::http_get(audit.addr, "/readyz")
+            .await
+            .is_ok_and(|(s, _)| s == 200)
+    })
+    .await;
+    assert_eq!(audit.metric("consumer_paused_partitions").await, 0.0);
+    audit.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_failure_is_dead_lettered_after_max_retries_and_replayed_once_fixed() {
+    let db = statecast_testkit::fresh_database().await.unwrap();
+    let topic = support::topic("unknown", 1).await;
+    let mut config = support::config(&topic, HandlerKind::Audit, Some(&db));
+    config.max_retries = 3;
+    let group = config.kafka_group_id.clone();
+    let audit = Running::ready(config).await;
+    // A broken schema (SQLSTATE 42P01, undefined table) is neither an outage nor a bad event.
+    let pool = support::pool(&db).await;
+    sqlx::query("alter table audit_log rename to audit_log_away")
+        .execute(&pool)
+        .await
+        .unwrap();
     let producer = support::producer();
     let event = support::event(EventType::UserCreated, "unlucky", 1, "u@example.com", "PT");
     support::produce(&producer, &topic, &event).await;
     audit.wait_records("dlq", 1.0).await;
+    assert_eq!(records_in(&format!("{topic}.dlq")).await, 1);
 
-    proxy.restore();
-    let next = support::event(EventType::UserCreated, "lucky", 1, "l@example.com", "PT");
-    support::produce(&producer, &topic, &next).await;
+    // The bug is fixed; the dead letter goes back to its topic and is applied.
+    sqlx::query("alter table audit_log_away rename to audit_log")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let args = profile_consumer::replay::ReplayArgs {
+        kafka_brokers: statecast_testkit::kafka_brokers(),
+        kafka_group_id: group.clone(),
+        dlq_topic: format!("{topic}.dlq"),
+        dry_run: false,
+    };
+    let summary = profile_consumer::replay::replay(&args).await.unwrap();
+    assert_eq!(summary.replayed, 1);
     audit.wait_records("processed", 1.0).await;
+    let recorded: Vec<uuid::Uuid> = sqlx::query_scalar("select event_id from audit_log")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        vec![event.id],
+        "the replay carries the original event id"
+    );
+    // A second replay has nothing left to do.
+    let again = profile_consumer::replay::replay(&args).await.unwrap();
+    assert_eq!(again.replayed, 0);
     audit.stop().await;
 }
 

@@ -1,4 +1,5 @@
-//! A late, older version is skipped and counted as stale.
+//! A late, older version is counted as stale: skipped by the state-keeping handlers, recorded
+//! by the audit trail.
 
 use profile_consumer::HandlerKind;
 use statecast_events::EventType;
@@ -6,7 +7,7 @@ use statecast_events::EventType;
 use crate::support::{self, Running};
 
 #[tokio::test]
-async fn version_2_after_version_3_is_skipped_and_counted_stale() {
+async fn version_2_after_version_3_is_counted_stale_skipped_by_state_and_kept_in_the_trail() {
     let db = statecast_testkit::fresh_database().await.unwrap();
     let topic = support::topic("order", 1).await;
     let producer = support::producer();
@@ -27,7 +28,18 @@ async fn version_2_after_version_3_is_skipped_and_counted_stale() {
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert_eq!(versions, vec![3]);
+    assert_eq!(
+        versions,
+        vec![3, 2],
+        "the trail records every distinct event"
+    );
+    let applied: i64 = sqlx::query_scalar(
+        "select version from applied_version where user_id = 'ordered' and consumer_group like 'audit%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(applied, 3, "the applied version never moves back");
     let (country, version): (String, i64) = sqlx::query_as(
         "select country, version from analytics_profile_state where user_id = 'ordered'",
     )
