@@ -1,5 +1,6 @@
 //! The read path against real Redis: hits and misses, read-your-writes under concurrent writers,
-//! stampede protection, stale-while-revalidate, negative caching, and Redis outages.
+//! stampede protection, stale-while-revalidate, negative caching, writes whose request is cut off
+//! during the commit, and Redis outages.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -198,4 +199,53 @@ async fn with_redis_down_reads_bypass_the_cache_and_writes_succeed() {
     })
     .await;
     assert!(back, "the cache never came back");
+}
+
+#[tokio::test]
+async fn a_write_whose_request_times_out_during_the_commit_still_invalidates_the_cache() {
+    let mut config = common::fresh_config("commit").await;
+    config.request_timeout_ms = 300;
+    let db = sqlx::PgPool::connect(&config.database_url).await.unwrap();
+    let t = start(config, false).await;
+    let id = user("commit");
+    t.put(&id, &body("A")).await;
+    t.get(&id).await;
+    assert_eq!(x_cache(&t.get(&id).await), "hit", "version 1 is cached");
+    // Test hook: the commit of a change that names a profile "slow" takes 1 s (a deferred
+    // constraint trigger runs at commit), far past the 300 ms request timeout.
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.name = 'slow' THEN PERFORM pg_sleep(1); END IF; RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON profile \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let put = t.put(&id, &body("slow")).await;
+    assert_eq!(
+        put.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the request timed out while the commit ran"
+    );
+    let committed = common::eventually(Duration::from_secs(5), || async {
+        let (version,): (i64,) = sqlx::query_as("SELECT version FROM profile WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        version == 2
+    })
+    .await;
+    assert!(committed, "the commit was under way and landed");
+    // The invalidation after the commit was not cancelled with the request: the cache no
+    // longer serves version 1.
+    let invalidated = common::eventually(Duration::from_secs(3), || async {
+        version_of(&t.get(&id).await.json().await.unwrap()) == 2
+    })
+    .await;
+    assert!(
+        invalidated,
+        "the cache still serves version 1 after version 2 committed"
+    );
 }
