@@ -244,7 +244,7 @@ async fn lead(state: &Arc<AppState>, id: &str, mode: Mode) -> Result<Option<Load
     let started = Instant::now();
     let loaded = db_load(state, id).await;
     if let Ok(loaded) = &loaded
-        && let Err(error) = state.cache.fill(id, loaded, started.elapsed()).await
+        && let Err(error) = state.cache.fill(id, loaded, started).await
     {
         tracing::debug!(%error, "cache fill failed");
     }
