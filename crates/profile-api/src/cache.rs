@@ -306,6 +306,19 @@ impl Cache {
         Ok(reply.is_some())
     }
 
+    /// Whether anyone holds the fill lock of `id` (it disappears when released or expired).
+    pub(crate) async fn is_locked(&self, id: &str) -> Result<bool, CacheError> {
+        let mut conn = self.conn.clone();
+        let exists: i64 = self
+            .run(
+                redis::cmd("EXISTS")
+                    .arg(lock_key(id))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(exists == 1)
+    }
+
     /// Releases the lock if we still hold it.
     pub(crate) async fn unlock(&self, id: &str, token: &str) -> Result<(), CacheError> {
         let mut conn = self.conn.clone();

@@ -1,6 +1,7 @@
 //! The read path against real Redis: hits and misses, read-your-writes under concurrent writers,
-//! stampede protection, stale-while-revalidate, negative caching, writes whose request is cut off
-//! during the commit, and Redis outages.
+//! stampede protection (within a replica and across replicas behind a slow database),
+//! stale-while-revalidate, negative caching, writes whose request is cut off during the commit,
+//! and Redis outages.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -8,6 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::pg_proxy::PgProxy;
 use common::{body, start, user, version_of};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -247,5 +249,41 @@ async fn a_write_whose_request_times_out_during_the_commit_still_invalidates_the
     assert!(
         invalidated,
         "the cache still serves version 1 after version 2 committed"
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_behind_a_slow_database_load_a_cold_key_once() {
+    let mut config = common::fresh_config("slowdb").await;
+    let proxy = PgProxy::start("127.0.0.1:5432").await;
+    config.database_url = proxy.url(&config.database_url, "127.0.0.1:5432");
+    let a = Arc::new(start(config.clone(), false).await);
+    let b = Arc::new(start(config, false).await);
+    let id = user("slowdb");
+    assert_eq!(a.put(&id, &body("A")).await.status(), StatusCode::CREATED);
+    // Every statement now takes at least 500 ms, longer than the old fixed 300 ms wait.
+    proxy.slow_down(Duration::from_millis(500));
+    let before = proxy.executes();
+    let metric_before =
+        a.metric("profile_db_loads_total", "").await + b.metric("profile_db_loads_total", "").await;
+    let reads = (0..100).map(|i| {
+        let t = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let id = id.clone();
+        tokio::spawn(async move {
+            let got = t.get(&id).await;
+            (got.status(), version_of(&got.json().await.unwrap()))
+        })
+    });
+    for read in futures::future::join_all(reads).await {
+        assert_eq!(read.unwrap(), (StatusCode::OK, 1));
+    }
+    let loads = proxy.executes() - before;
+    let metric = a.metric("profile_db_loads_total", "").await
+        + b.metric("profile_db_loads_total", "").await
+        - metric_before;
+    assert_eq!(
+        (loads, metric),
+        (1, 1.0),
+        "statements seen by the database proxy, and the API's own count of loads"
     );
 }
