@@ -17,7 +17,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts as _, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -306,17 +307,19 @@ impl Auth {
     }
 
     /// Decides a request: `Ok(Some(principal))` for an authenticated caller, `Ok(None)` for an
-    /// allowed anonymous read.
+    /// allowed anonymous read. `profile_id` is the `{id}` of a `/v1/profiles/{id}` request
+    /// percent-decoded, exactly as the handler will see it (`None` for every other route):
+    /// comparing the raw path segment instead would let a token for `%61lice` change `alice`.
     pub async fn authorize(
         &self,
         method: &Method,
-        path: &str,
+        profile_id: Option<&str>,
         bearer: Option<&str>,
     ) -> Result<Option<Principal>, AuthError> {
         if matches!(self.keys, Keys::Disabled) {
             return Ok(None);
         }
-        let Some(profile_id) = profile_path(path) else {
+        let Some(profile_id) = profile_id else {
             // Probes, metrics and the OpenAPI document are public; unknown routes 404 anyway.
             return Ok(None);
         };
@@ -362,10 +365,21 @@ async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<JwkSet, reqwe
         .await
 }
 
-/// The `{id}` of `/v1/profiles/{id}`, if `path` is that route.
-fn profile_path(path: &str) -> Option<&str> {
-    let id = path.strip_prefix("/v1/profiles/")?;
-    (!id.is_empty() && !id.contains('/')).then_some(id)
+/// The percent-decoded `{id}` of a request routed to `/v1/profiles/{id}`, by the same extractor
+/// the handler uses; `None` for other routes. An id that does not decode (not UTF-8) is refused
+/// here as the handler would refuse it.
+async fn profile_id(parts: &mut Parts) -> Result<Option<String>, ApiError> {
+    let on_profile_route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .is_some_and(|route| route.as_str() == crate::routes::PROFILE_ROUTE);
+    if !on_profile_route {
+        return Ok(None);
+    }
+    match Path::<String>::from_request_parts(parts, &()).await {
+        Ok(Path(id)) => Ok(Some(id)),
+        Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+    }
 }
 
 /// The bearer token of a request, if any.
@@ -391,15 +405,22 @@ pub async fn layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) 
     // Take what the decision needs first: a request body is not `Sync`, so no borrow of the
     // request may live across an await.
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
     let peer = request
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| format!("ip:{}", c.0.ip()));
     let token = bearer(&request);
+    let (mut parts, body) = request.into_parts();
+    let profile_id = match profile_id(&mut parts).await {
+        Ok(id) => id,
+        Err(error) => return error.into_response(),
+    };
+    let request = Request::from_parts(parts, body);
     let decision = async {
-        let principal = auth.authorize(&method, &path, token?.as_deref()).await?;
-        if profile_path(&path).is_some() {
+        let principal = auth
+            .authorize(&method, profile_id.as_deref(), token?.as_deref())
+            .await?;
+        if profile_id.is_some() {
             let key = match &principal {
                 Some(p) => format!("sub:{}", p.subject),
                 None => peer.unwrap_or_else(|| "anonymous".to_owned()),
@@ -471,9 +492,7 @@ mod tests {
         id: &str,
         token: Option<&str>,
     ) -> Result<(), AuthError> {
-        auth.authorize(&method, &format!("/v1/profiles/{id}"), token)
-            .await
-            .map(|_| ())
+        auth.authorize(&method, Some(id), token).await.map(|_| ())
     }
 
     #[tokio::test]
@@ -576,11 +595,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn probes_and_documents_are_public() {
+    async fn requests_outside_the_profile_route_need_no_token() {
         let a = auth(false);
-        for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
-            assert_eq!(a.authorize(&Method::GET, path, None).await, Ok(None));
-        }
+        assert_eq!(a.authorize(&Method::GET, None, None).await, Ok(None));
     }
 
     #[test]

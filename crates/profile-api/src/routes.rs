@@ -36,12 +36,14 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 const JSON: &str = "application/json";
 const MERGE_PATCH: &str = "application/merge-patch+json";
 const X_CACHE: &str = "x-cache";
+/// The route of one profile; the auth layer authorizes on its decoded `{id}`.
+pub(crate) const PROFILE_ROUTE: &str = "/v1/profiles/{id}";
 
 /// The whole HTTP API.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(
-            "/v1/profiles/{id}",
+            PROFILE_ROUTE,
             get(get_profile)
                 .put(put_profile)
                 .patch(patch_profile)
