@@ -15,6 +15,7 @@
 use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts as _, MatchedPath, Path, Request, State};
@@ -38,6 +39,10 @@ pub const ADMIN_SCOPE: &str = "profiles:admin";
 const JWKS_TTL: Duration = Duration::from_secs(300);
 /// Never refetch the JWKS more often than this, whatever `kid`s clients invent.
 const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
+/// The rate limiter keeps a bucket per subject it has seen; every this many checks it forgets the
+/// buckets that have refilled (indistinguishable from new ones), so its size follows the subjects
+/// active within one refill period instead of every subject ever seen.
+const PRUNE_EVERY: u64 = 4096;
 
 /// Authentication and rate-limit settings (from `Config`).
 #[derive(Debug, Clone, Default)]
@@ -149,6 +154,8 @@ pub struct Auth {
     leeway: u64,
     public_reads: bool,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Rate checks so far; every [`PRUNE_EVERY`]th one prunes the limiter.
+    checks: AtomicU64,
 }
 
 impl std::fmt::Debug for Auth {
@@ -198,6 +205,7 @@ impl Auth {
             leeway: settings.leeway_seconds,
             public_reads: settings.public_reads,
             limiter,
+            checks: AtomicU64::new(0),
         })
     }
 
@@ -343,11 +351,20 @@ impl Auth {
         Ok(principal)
     }
 
+    /// How many subjects the rate limiter currently keeps a bucket for.
+    pub fn rate_limited_subjects(&self) -> usize {
+        self.limiter.as_ref().map_or(0, |limiter| limiter.len())
+    }
+
     /// Takes one token from the bucket of `key`.
     pub fn check_rate(&self, key: &str) -> Result<(), AuthError> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
+        if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
         limiter.check_key(&key.to_owned()).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             AuthError::RateLimited(wait.as_secs().max(1))
@@ -609,6 +626,48 @@ mod tests {
         assert!(matches!(a.check_rate("sub:alice"), Err(AuthError::RateLimited(s)) if s >= 1));
         // Another subject has its own bucket.
         assert_eq!(a.check_rate("sub:bob"), Ok(()));
+    }
+
+    #[test]
+    fn the_rate_limiter_forgets_refilled_subjects_so_its_size_stays_bounded() {
+        // A used bucket refills within a microsecond, so every subject seen before a prune is
+        // forgettable by it: what is left is at most the subjects since the last prune.
+        let a = Auth::new(&AuthSettings {
+            disabled: true,
+            rate_limit_per_second: 1_000_000,
+            rate_limit_burst: 1,
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        let mut largest = 0;
+        for i in 0..100_000 {
+            assert_eq!(a.check_rate(&format!("sub:user-{i}")), Ok(()));
+            largest = largest.max(a.rate_limited_subjects());
+        }
+        assert!(
+            largest <= 2 * PRUNE_EVERY as usize,
+            "the limiter kept {largest} subjects for 100000 distinct ones"
+        );
+    }
+
+    #[test]
+    fn pruning_keeps_the_buckets_that_still_limit() {
+        let a = Auth::new(&AuthSettings {
+            disabled: true,
+            rate_limit_per_second: 1,
+            rate_limit_burst: 1,
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        assert_eq!(a.check_rate("sub:busy"), Ok(()));
+        // Enough other subjects to prune at least once (within far less than the 1 s refill).
+        for i in 0..PRUNE_EVERY {
+            let _ = a.check_rate(&format!("sub:other-{i}"));
+        }
+        assert!(matches!(
+            a.check_rate("sub:busy"),
+            Err(AuthError::RateLimited(_))
+        ));
     }
 
     #[test]
