@@ -15,9 +15,11 @@
 use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts as _, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -37,6 +39,10 @@ pub const ADMIN_SCOPE: &str = "profiles:admin";
 const JWKS_TTL: Duration = Duration::from_secs(300);
 /// Never refetch the JWKS more often than this, whatever `kid`s clients invent.
 const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
+/// The rate limiter keeps a bucket per subject it has seen; every this many checks it forgets the
+/// buckets that have refilled (indistinguishable from new ones), so its size follows the subjects
+/// active within one refill period instead of every subject ever seen.
+const PRUNE_EVERY: u64 = 4096;
 
 /// Authentication and rate-limit settings (from `Config`).
 #[derive(Debug, Clone, Default)]
@@ -148,6 +154,8 @@ pub struct Auth {
     leeway: u64,
     public_reads: bool,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Rate checks so far; every [`PRUNE_EVERY`]th one prunes the limiter.
+    checks: AtomicU64,
 }
 
 impl std::fmt::Debug for Auth {
@@ -197,6 +205,7 @@ impl Auth {
             leeway: settings.leeway_seconds,
             public_reads: settings.public_reads,
             limiter,
+            checks: AtomicU64::new(0),
         })
     }
 
@@ -306,17 +315,19 @@ impl Auth {
     }
 
     /// Decides a request: `Ok(Some(principal))` for an authenticated caller, `Ok(None)` for an
-    /// allowed anonymous read.
+    /// allowed anonymous read. `profile_id` is the `{id}` of a `/v1/profiles/{id}` request
+    /// percent-decoded, exactly as the handler will see it (`None` for every other route):
+    /// comparing the raw path segment instead would let a token for `%61lice` change `alice`.
     pub async fn authorize(
         &self,
         method: &Method,
-        path: &str,
+        profile_id: Option<&str>,
         bearer: Option<&str>,
     ) -> Result<Option<Principal>, AuthError> {
         if matches!(self.keys, Keys::Disabled) {
             return Ok(None);
         }
-        let Some(profile_id) = profile_path(path) else {
+        let Some(profile_id) = profile_id else {
             // Probes, metrics and the OpenAPI document are public; unknown routes 404 anyway.
             return Ok(None);
         };
@@ -340,11 +351,20 @@ impl Auth {
         Ok(principal)
     }
 
+    /// How many subjects the rate limiter currently keeps a bucket for.
+    pub fn rate_limited_subjects(&self) -> usize {
+        self.limiter.as_ref().map_or(0, |limiter| limiter.len())
+    }
+
     /// Takes one token from the bucket of `key`.
     pub fn check_rate(&self, key: &str) -> Result<(), AuthError> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
+        if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
         limiter.check_key(&key.to_owned()).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             AuthError::RateLimited(wait.as_secs().max(1))
@@ -362,10 +382,21 @@ async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<JwkSet, reqwe
         .await
 }
 
-/// The `{id}` of `/v1/profiles/{id}`, if `path` is that route.
-fn profile_path(path: &str) -> Option<&str> {
-    let id = path.strip_prefix("/v1/profiles/")?;
-    (!id.is_empty() && !id.contains('/')).then_some(id)
+/// The percent-decoded `{id}` of a request routed to `/v1/profiles/{id}`, by the same extractor
+/// the handler uses; `None` for other routes. An id that does not decode (not UTF-8) is refused
+/// here as the handler would refuse it.
+async fn profile_id(parts: &mut Parts) -> Result<Option<String>, ApiError> {
+    let on_profile_route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .is_some_and(|route| route.as_str() == crate::routes::PROFILE_ROUTE);
+    if !on_profile_route {
+        return Ok(None);
+    }
+    match Path::<String>::from_request_parts(parts, &()).await {
+        Ok(Path(id)) => Ok(Some(id)),
+        Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+    }
 }
 
 /// The bearer token of a request, if any.
@@ -391,15 +422,22 @@ pub async fn layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) 
     // Take what the decision needs first: a request body is not `Sync`, so no borrow of the
     // request may live across an await.
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
     let peer = request
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| format!("ip:{}", c.0.ip()));
     let token = bearer(&request);
+    let (mut parts, body) = request.into_parts();
+    let profile_id = match profile_id(&mut parts).await {
+        Ok(id) => id,
+        Err(error) => return error.into_response(),
+    };
+    let request = Request::from_parts(parts, body);
     let decision = async {
-        let principal = auth.authorize(&method, &path, token?.as_deref()).await?;
-        if profile_path(&path).is_some() {
+        let principal = auth
+            .authorize(&method, profile_id.as_deref(), token?.as_deref())
+            .await?;
+        if profile_id.is_some() {
             let key = match &principal {
                 Some(p) => format!("sub:{}", p.subject),
                 None => peer.unwrap_or_else(|| "anonymous".to_owned()),
@@ -471,9 +509,7 @@ mod tests {
         id: &str,
         token: Option<&str>,
     ) -> Result<(), AuthError> {
-        auth.authorize(&method, &format!("/v1/profiles/{id}"), token)
-            .await
-            .map(|_| ())
+        auth.authorize(&method, Some(id), token).await.map(|_| ())
     }
 
     #[tokio::test]
@@ -576,11 +612,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn probes_and_documents_are_public() {
+    async fn requests_outside_the_profile_route_need_no_token() {
         let a = auth(false);
-        for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
-            assert_eq!(a.authorize(&Method::GET, path, None).await, Ok(None));
-        }
+        assert_eq!(a.authorize(&Method::GET, None, None).await, Ok(None));
     }
 
     #[test]
@@ -592,6 +626,48 @@ mod tests {
         assert!(matches!(a.check_rate("sub:alice"), Err(AuthError::RateLimited(s)) if s >= 1));
         // Another subject has its own bucket.
         assert_eq!(a.check_rate("sub:bob"), Ok(()));
+    }
+
+    #[test]
+    fn the_rate_limiter_forgets_refilled_subjects_so_its_size_stays_bounded() {
+        // A used bucket refills within a microsecond, so every subject seen before a prune is
+        // forgettable by it: what is left is at most the subjects since the last prune.
+        let a = Auth::new(&AuthSettings {
+            disabled: true,
+            rate_limit_per_second: 1_000_000,
+            rate_limit_burst: 1,
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        let mut largest = 0;
+        for i in 0..100_000 {
+            assert_eq!(a.check_rate(&format!("sub:user-{i}")), Ok(()));
+            largest = largest.max(a.rate_limited_subjects());
+        }
+        assert!(
+            largest <= 2 * PRUNE_EVERY as usize,
+            "the limiter kept {largest} subjects for 100000 distinct ones"
+        );
+    }
+
+    #[test]
+    fn pruning_keeps_the_buckets_that_still_limit() {
+        let a = Auth::new(&AuthSettings {
+            disabled: true,
+            rate_limit_per_second: 1,
+            rate_limit_burst: 1,
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        assert_eq!(a.check_rate("sub:busy"), Ok(()));
+        // Enough other subjects to prune at least once (within far less than the 1 s refill).
+        for i in 0..PRUNE_EVERY {
+            let _ = a.check_rate(&format!("sub:other-{i}"));
+        }
+        assert!(matches!(
+            a.check_rate("sub:busy"),
+            Err(AuthError::RateLimited(_))
+        ));
     }
 
     #[test]

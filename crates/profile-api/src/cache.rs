@@ -9,12 +9,13 @@
 //!
 //! Versions never go backwards in the cache: [`CAS_SCRIPT`] only writes when the cached version is
 //! lower (or equal, for fills), so a slow fill from a read that started before a write committed
-//! can never replace the write's invalidation marker or a newer entry.
+//! can never replace the write's invalidation marker or a newer entry. The marker itself expires,
+//! so [`Cache::fill`] also drops results of loads older than half its lifetime.
 //!
 //! Every command runs under a short timeout: a dead Redis costs a request at most that, and the
 //! read path then bypasses the cache.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -226,16 +227,26 @@ impl Cache {
         Ok(written == 1)
     }
 
-    /// Caches a load result unless the cache already holds a newer version. `delta` is how long
-    /// the load took.
-    #[tracing::instrument(name = "cache fill", skip(self, loaded), fields(otel.kind = "client", db.system.name = "redis"))]
+    /// Caches a load result unless the cache already holds a newer version. `started` is when
+    /// the load began (its duration is XFetch's delta).
+    ///
+    /// A load that began more than half an invalidation marker's lifetime ago is not cached: a
+    /// write that committed after the load read the row left a marker that refuses this fill
+    /// only while the marker lives, and once it has expired nothing would stop the older version
+    /// from being served for a whole TTL. Returns whether the entry was written.
+    #[tracing::instrument(name = "cache fill", skip(self, loaded, started), fields(otel.kind = "client", db.system.name = "redis"))]
     pub(crate) async fn fill(
         &self,
         id: &str,
         loaded: &Loaded,
-        delta: Duration,
+        started: Instant,
     ) -> Result<bool, CacheError> {
-        let delta = u64::try_from(delta.as_millis()).unwrap_or(u64::MAX);
+        let took = started.elapsed();
+        if took >= self.ttls.marker / 2 {
+            tracing::debug!(?took, "load too old to cache");
+            return Ok(false);
+        }
+        let delta = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
         let (entry, ttl) = match &loaded.profile {
             Some(profile) => {
                 let soft = jittered(self.ttls.ttl, rand::random::<f64>());
@@ -293,6 +304,19 @@ impl Cache {
             )
             .await?;
         Ok(reply.is_some())
+    }
+
+    /// Whether anyone holds the fill lock of `id` (it disappears when released or expired).
+    pub(crate) async fn is_locked(&self, id: &str) -> Result<bool, CacheError> {
+        let mut conn = self.conn.clone();
+        let exists: i64 = self
+            .run(
+                redis::cmd("EXISTS")
+                    .arg(lock_key(id))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(exists == 1)
     }
 
     /// Releases the lock if we still hold it.
@@ -353,6 +377,88 @@ mod tests {
         assert_eq!(due, 0);
         // r = 0 is clamped to a finite shift rather than an infinite one.
         assert!(!xfetch_due(0, expiry, 10, 1.0, 0.0));
+    }
+
+    /// A client of the real Redis (`REDIS_URL`) whose invalidation markers live `marker`.
+    fn real_cache(marker: Duration) -> Cache {
+        let url = std::env::var("REDIS_URL")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+        let ttls = CacheTtls {
+            ttl: Duration::from_secs(60),
+            grace: Duration::from_secs(60),
+            negative: Duration::from_secs(30),
+            lock: Duration::from_secs(2),
+            marker,
+        };
+        Cache::new(&url, Duration::from_secs(2), ttls).unwrap()
+    }
+
+    fn profile(id: &str, version: i64) -> Loaded {
+        Loaded {
+            profile: Some(Profile {
+                id: id.to_owned(),
+                name: format!("v{version}"),
+                email: "someone@example.com".to_owned(),
+                country: "PT".to_owned(),
+                version,
+                updated_at: chrono::Utc::now(),
+            }),
+            version,
+        }
+    }
+
+    fn unique_id() -> String {
+        format!("cas-{}", uuid::Uuid::now_v7().simple())
+    }
+
+    #[tokio::test]
+    async fn a_fill_of_an_older_version_after_an_invalidation_is_refused_by_redis() {
+        let cache = real_cache(Duration::from_secs(30));
+        let id = unique_id();
+        assert!(
+            cache
+                .fill(&id, &profile(&id, 1), Instant::now())
+                .await
+                .unwrap()
+        );
+        cache.invalidate(&id, 2).await.unwrap();
+        // A read that loaded version 1 before version 2 committed fills late: refused.
+        let started = Instant::now();
+        assert!(!cache.fill(&id, &profile(&id, 1), started).await.unwrap());
+        let entry = cache.get(&id).await.unwrap().unwrap();
+        assert_eq!((entry.k, entry.v), (Kind::Invalidated, 2));
+        // The committed version itself may fill; after it, neither an older fill nor a repeated
+        // or older invalidation changes the entry.
+        assert!(cache.fill(&id, &profile(&id, 2), started).await.unwrap());
+        assert!(!cache.fill(&id, &profile(&id, 1), started).await.unwrap());
+        cache.invalidate(&id, 1).await.unwrap();
+        cache.invalidate(&id, 2).await.unwrap();
+        let entry = cache.get(&id).await.unwrap().unwrap();
+        assert_eq!((entry.k, entry.v), (Kind::Profile, 2));
+        // A newer invalidation wins over the fill.
+        cache.invalidate(&id, 3).await.unwrap();
+        let entry = cache.get(&id).await.unwrap().unwrap();
+        assert_eq!((entry.k, entry.v), (Kind::Invalidated, 3));
+    }
+
+    #[tokio::test]
+    async fn a_fill_from_a_load_older_than_the_marker_is_refused_after_the_marker_expired() {
+        let cache = real_cache(Duration::from_millis(400));
+        let id = unique_id();
+        // The load reads version 1, then version 2 commits and invalidates...
+        let started = Instant::now();
+        cache.invalidate(&id, 2).await.unwrap();
+        // ... and the load's fill comes only after the marker has expired.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(cache.get(&id).await.unwrap(), None, "the marker expired");
+        assert!(!cache.fill(&id, &profile(&id, 1), started).await.unwrap());
+        assert_eq!(
+            cache.get(&id).await.unwrap(),
+            None,
+            "version 1 must not be cached once nothing refuses it"
+        );
     }
 
     #[test]

@@ -61,6 +61,7 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use cache::CacheError;
 pub use config::Config;
@@ -103,6 +104,33 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
+    /// Applies a change: the transaction runs in the caller's future (a timeout or a client
+    /// going away before the commit rolls it back), but the commit and the cache invalidation
+    /// after it run in a task of their own that the caller awaits. So dropping the request
+    /// future once the commit is under way can no longer leave a committed change without its
+    /// invalidation (the cache would serve the old version until its TTL).
+    pub(crate) async fn write(
+        self: &Arc<Self>,
+        id: &str,
+        change: store::Change,
+        if_match: Option<&validate::EtagCondition>,
+    ) -> Result<store::Written, store::StoreError> {
+        let prepared = store::prepare(&self.pool, id, change, if_match).await?;
+        let state = self.clone();
+        let id = id.to_owned();
+        let finish = async move {
+            let version = prepared.version();
+            let committed = prepared.commit().await;
+            // A failed commit may still have committed (the connection broke after sending
+            // it): invalidating a version that never landed only costs a few cache misses.
+            state.after_write(&id, version).await;
+            committed
+        };
+        tokio::spawn(finish.instrument(tracing::Span::current()))
+            .await
+            .unwrap_or_else(|e| Err(store::StoreError::Internal(format!("commit task: {e}"))))
+    }
+
     /// After a commit: forget in-flight loads of `id` and mark the cache entry invalid at
     /// `version`. If Redis fails, the write still succeeds: the id is remembered as "dirty" (reads
     /// of it on this replica bypass the cache, so none can see the older cached version) and the

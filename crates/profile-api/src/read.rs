@@ -1,7 +1,9 @@
 //! The read path, in one place: Redis first, PostgreSQL on a miss, then a fill. Stampede
 //! protection has five parts:
 //! 1. coalescing: one load per key in flight per replica ([`Inflight`]);
-//! 2. a short Redis lock (`SET NX PX`) so one replica loads while the others poll the cache;
+//! 2. a short Redis lock (`SET NX PX`) so one replica loads while the others poll the cache for
+//!    as long as the lock lives (then one of them takes the lock over), serving what the cache
+//!    holds as soon as it is servable;
 //! 3. XFetch probabilistic early refresh (see [`crate::cache::xfetch_due`]);
 //! 4. stale-while-revalidate: past its soft expiry an entry is served as `stale` for a grace
 //!    period while one background refresh runs;
@@ -28,10 +30,12 @@ use crate::cache::{Kind, now_ms, xfetch_due};
 use crate::metrics::CacheResult;
 use crate::store::{self, Loaded, StoreError};
 
-/// How many times a replica without the fill lock looks at the cache before loading itself.
-const LOCK_POLLS: u32 = 15;
-/// Pause between those looks: at most 300 ms of waiting in all, then it loads itself.
+/// Pause between looks at the cache while another replica holds the fill lock.
 const LOCK_POLL_PAUSE: Duration = Duration::from_millis(20);
+/// A replica waits for other replicas' fills at most this many lock lifetimes in all, then loads
+/// itself: a lock expires after one lifetime, so this only ends waits behind a chain of holders
+/// that all died or whose loads all outlived their locks.
+const LOCK_WAIT_LIFETIMES: u32 = 2;
 
 type SharedLoad = Shared<BoxFuture<'static, Result<Option<Loaded>, StoreError>>>;
 
@@ -211,15 +215,24 @@ async fn lead(state: &Arc<AppState>, id: &str, mode: Mode) -> Result<Option<Load
         return db_load(state, id).await.map(Some);
     }
     let token = uuid::Uuid::now_v7().to_string();
-    let locked = match state.cache.try_lock(id, &token).await {
-        Ok(locked) => locked,
-        // Redis just went away: answer from PostgreSQL, skip the fill.
-        Err(_) => return db_load(state, id).await.map(Some),
+    let give_up = Instant::now() + state.config.lock_ttl() * LOCK_WAIT_LIFETIMES;
+    let locked = loop {
+        match state.cache.try_lock(id, &token).await {
+            Ok(true) => break true,
+            // Another replica is refreshing it already.
+            Ok(false) if mode == Mode::Refresh => return Ok(None),
+            Ok(false) => {}
+            // Redis just went away: answer from PostgreSQL, skip the fill.
+            Err(_) => return db_load(state, id).await.map(Some),
+        }
+        // Another replica is loading: wait for its fill as long as its lock lives.
+        match wait_for_fill(state, id, give_up).await {
+            Waited::Filled(loaded) => return Ok(Some(loaded)),
+            // Released or expired without a servable fill: one of the waiters takes it over.
+            Waited::LockGone => {}
+            Waited::GaveUp => break false,
+        }
     };
-    if mode == Mode::Refresh && !locked {
-        // Another replica is refreshing it already.
-        return Ok(None);
-    }
     if locked && mode == Mode::Fill {
         // Someone may have filled it between our miss and our lock.
         if let Ok(Some(entry)) = state.cache.get(id).await
@@ -229,22 +242,10 @@ async fn lead(state: &Arc<AppState>, id: &str, mode: Mode) -> Result<Option<Load
             return Ok(Some(entry.loaded()));
         }
     }
-    if !locked {
-        // Another replica is loading: wait briefly for its fill, serving stale if that is all
-        // there is, then give up and load ourselves.
-        for _ in 0..LOCK_POLLS {
-            tokio::time::sleep(LOCK_POLL_PAUSE).await;
-            if let Ok(Some(entry)) = state.cache.get(id).await
-                && entry.is_servable(now_ms())
-            {
-                return Ok(Some(entry.loaded()));
-            }
-        }
-    }
     let started = Instant::now();
     let loaded = db_load(state, id).await;
     if let Ok(loaded) = &loaded
-        && let Err(error) = state.cache.fill(id, loaded, started.elapsed()).await
+        && let Err(error) = state.cache.fill(id, loaded, started).await
     {
         tracing::debug!(%error, "cache fill failed");
     }
@@ -252,6 +253,38 @@ async fn lead(state: &Arc<AppState>, id: &str, mode: Mode) -> Result<Option<Load
         let _ = state.cache.unlock(id, &token).await;
     }
     loaded.map(Some)
+}
+
+/// How a wait for another replica's fill ended.
+enum Waited {
+    /// The cache holds a servable entry (fresh, or a profile within its grace period).
+    Filled(Loaded),
+    /// The lock is gone (released or expired) and nothing servable was filled.
+    LockGone,
+    /// Waited until `give_up` (or Redis stopped answering about the lock).
+    GaveUp,
+}
+
+/// Polls the cache while another replica holds the fill lock of `id`: as long as the lock
+/// exists, but not past `give_up`. Loading ourselves any earlier would let every waiting replica
+/// hit PostgreSQL whenever a load takes longer than a fixed wait.
+async fn wait_for_fill(state: &Arc<AppState>, id: &str, give_up: Instant) -> Waited {
+    loop {
+        tokio::time::sleep(LOCK_POLL_PAUSE).await;
+        if let Ok(Some(entry)) = state.cache.get(id).await
+            && entry.is_servable(now_ms())
+        {
+            return Waited::Filled(entry.loaded());
+        }
+        if Instant::now() >= give_up {
+            return Waited::GaveUp;
+        }
+        match state.cache.is_locked(id).await {
+            Ok(true) => {}
+            Ok(false) => return Waited::LockGone,
+            Err(_) => return Waited::GaveUp,
+        }
+    }
 }
 
 async fn db_load(state: &Arc<AppState>, id: &str) -> Result<Loaded, StoreError> {

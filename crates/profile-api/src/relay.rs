@@ -8,6 +8,17 @@
 //! released and a standby takes over. (A leader whose connection dies mid-batch may publish some
 //! rows again: delivery is at least once, consumers deduplicate on the event id.)
 //!
+//! Fencing: a leader whose session ends (killed, timed out, cut off) must stop publishing before
+//! a standby starts, or the standby's newer events could be overtaken by the old leader's retried
+//! older ones. So the leader checks on its session that it still holds the lock before each batch
+//! and every heartbeat while the batch's sends are in flight (a check that fails or takes longer
+//! than a heartbeat counts as lost); on loss it abandons the sends and destroys the producer,
+//! which purges everything librdkafka still queues or retries. A replica that takes the lock
+//! waits out the old leader's detection time ([`takeover_delay`]: a heartbeat plus the check's
+//! time limit) before its first batch. What this cannot fence: bytes already on their way to
+//! the broker, and a leader process frozen as a whole (only broker-side fencing, a transactional
+//! producer, stops those).
+//!
 //! Ordering within the leader: rows are taken in id order (a user's rows are in commit order,
 //! since the write transaction locks the profile row), grouped by user; each user's rows are sent
 //! one after another, each awaited before the next (different users in parallel), and a user's
@@ -47,6 +58,21 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the leader deletes published rows past retention.
 const CLEANUP_EVERY: Duration = Duration::from_secs(600);
 
+/// How often a leader with sends in flight checks that it still holds the lock, and how long one
+/// check may take: the poll interval, within 50 ms to 1 s.
+fn heartbeat(state: &AppState) -> Duration {
+    state
+        .config
+        .relay_poll_interval()
+        .clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// How long a new leader waits before publishing: by then a previous leader whose session ended
+/// has noticed (one heartbeat, plus one check timing out) and stopped.
+fn takeover_delay(state: &AppState) -> Duration {
+    heartbeat(state) * 2 + Duration::from_millis(50)
+}
+
 /// Relay failures; all are retried.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RelayError {
@@ -56,6 +82,9 @@ pub(crate) enum RelayError {
     /// The Kafka producer could not be created.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The session no longer holds the leader lock, or did not say so within a heartbeat.
+    #[error("lost the leader lock")]
+    LostLeadership,
 }
 
 #[derive(sqlx::FromRow)]
@@ -114,7 +143,10 @@ pub(crate) async fn run(state: Arc<AppState>, shutdown: CancellationToken) {
         }
         tracing::info!("outbox relay is the leader");
         if let Err(error) = lead(&state, conn, &mut producer, &wake, &shutdown).await {
-            tracing::warn!(%error, "outbox relay lost its database connection; reconnecting");
+            tracing::warn!(%error, "outbox relay lost its leadership; stopping its sends");
+            // Whatever librdkafka still queues or retries would be published after a standby
+            // took over: destroying the producer purges it.
+            fence(producer.take()).await;
             pause(MIN_BACKOFF, &shutdown).await;
         }
         // Ending the session releases the advisory lock (on shutdown or after an error).
@@ -131,6 +163,27 @@ pub(crate) async fn run(state: Arc<AppState>, shutdown: CancellationToken) {
     let _ = listener.await;
 }
 
+/// Destroys a producer without flushing: its queued and in-flight messages are purged.
+async fn fence(producer: Option<FutureProducer>) {
+    if let Some(producer) = producer {
+        // Dropping purges, then waits up to 500 ms for the purge's reports: not on a runtime thread.
+        let _ = tokio::task::spawn_blocking(move || drop(producer)).await;
+    }
+}
+
+/// Whether this session still holds the leader lock; `false` too when the check fails or takes
+/// longer than `limit` (a session that cannot answer may already have been ended by the server).
+async fn holds_lock(conn: &mut PgConnection, limit: Duration) -> bool {
+    let check = sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND pid = pg_backend_pid() AND classid = ($1 >> 32)::oid \
+         AND objid = ($1 & 4294967295)::oid AND objsubid = 1)",
+    )
+    .bind(LEADER_LOCK)
+    .fetch_one(&mut *conn);
+    matches!(tokio::time::timeout(limit, check).await, Ok(Ok(true)))
+}
+
 /// Publishes batches while we are the leader.
 /// Consecutive failed batches after which the producer is recreated.
 const RECREATE_AFTER_FAILED_BATCHES: u32 = 3;
@@ -145,6 +198,8 @@ async fn lead(
     let mut backoff = MIN_BACKOFF;
     let mut failed_batches = 0u32;
     let mut last_cleanup: Option<Instant> = None;
+    // A previous leader may not have noticed yet that its session ended.
+    pause(takeover_delay(state), shutdown).await;
     while !shutdown.is_cancelled() {
         if last_cleanup.is_none_or(|at| at.elapsed() >= CLEANUP_EVERY) {
             last_cleanup = Some(Instant::now());
@@ -246,6 +301,9 @@ async fn publish_batch(
     producer: &FutureProducer,
 ) -> Result<(i64, bool), RelayError> {
     let mut tx = conn.begin().await?;
+    if !holds_lock(&mut tx, heartbeat(state)).await {
+        return Err(RelayError::LostLeadership);
+    }
     let rows: Vec<OutboxRow> = sqlx::query_as(
         "SELECT id, event_id, user_id, payload, trace_context FROM outbox \
          WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -281,7 +339,20 @@ async fn publish_batch(
         }
         (acked, false)
     });
-    let results = join_all(chains).await;
+    // Sends in flight, with the lock checked every heartbeat: on loss the sends are abandoned
+    // (and the caller destroys the producer) before a standby starts publishing.
+    let sends = join_all(chains);
+    tokio::pin!(sends);
+    let results = loop {
+        tokio::select! {
+            results = &mut sends => break results,
+            () = tokio::time::sleep(heartbeat(state)) => {
+                if !holds_lock(&mut tx, heartbeat(state)).await {
+                    return Err(RelayError::LostLeadership);
+                }
+            }
+        }
+    };
     let failed = results.iter().any(|(_, failed)| *failed);
     let acked: Vec<i64> = results.into_iter().flat_map(|(ids, _)| ids).collect();
     if !acked.is_empty() {

@@ -36,12 +36,14 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 const JSON: &str = "application/json";
 const MERGE_PATCH: &str = "application/merge-patch+json";
 const X_CACHE: &str = "x-cache";
+/// The route of one profile; the auth layer authorizes on its decoded `{id}`.
+pub(crate) const PROFILE_ROUTE: &str = "/v1/profiles/{id}";
 
 /// The whole HTTP API.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(
-            "/v1/profiles/{id}",
+            PROFILE_ROUTE,
             get(get_profile)
                 .put(put_profile)
                 .patch(patch_profile)
@@ -244,8 +246,9 @@ pub(crate) async fn put_profile(
     require_content_type(&headers, &[JSON])?;
     let if_match = condition(&headers, header::IF_MATCH)?;
     let input = validate::profile_input(&validate::parse_json(&body)?)?;
-    let written = store::write(&state.pool, &id, Change::Put(input), if_match.as_ref()).await?;
-    state.after_write(&id, written.version).await;
+    let written = state
+        .write(&id, Change::Put(input), if_match.as_ref())
+        .await?;
     let status = if written.created {
         StatusCode::CREATED
     } else {
@@ -305,8 +308,9 @@ pub(crate) async fn patch_profile(
     if !server.is_empty() {
         return Err(ApiError::Validation(server));
     }
-    let written = store::write(&state.pool, &id, Change::Patch(patch), if_match.as_ref()).await?;
-    state.after_write(&id, written.version).await;
+    let written = state
+        .write(&id, Change::Patch(patch), if_match.as_ref())
+        .await?;
     let profile = written
         .profile
         .ok_or_else(|| ApiError::Internal("patch returned no profile".to_owned()))?;
@@ -342,8 +346,7 @@ pub(crate) async fn delete_profile(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let if_match = condition(&headers, header::IF_MATCH)?;
-    let written = store::write(&state.pool, &id, Change::Delete, if_match.as_ref()).await?;
-    state.after_write(&id, written.version).await;
+    state.write(&id, Change::Delete, if_match.as_ref()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -143,14 +143,35 @@ pub(crate) async fn load(pool: &PgPool, id: &str) -> Result<Loaded, StoreError> 
     }))
 }
 
-/// Applies `change` in one transaction with its outbox row.
+/// A change applied inside its still open transaction, with its outbox row: committing it is the
+/// one step left. Dropping it rolls the change back.
+pub(crate) struct Prepared {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    written: Written,
+}
+
+impl Prepared {
+    /// The version the change writes.
+    pub(crate) fn version(&self) -> i64 {
+        self.written.version
+    }
+
+    /// Commits the change and its outbox row.
+    #[tracing::instrument(name = "db commit", skip(self), fields(otel.kind = "client", db.system.name = "postgresql"))]
+    pub(crate) async fn commit(self) -> Result<Written, StoreError> {
+        self.tx.commit().await?;
+        Ok(self.written)
+    }
+}
+
+/// Applies `change` in one transaction with its outbox row, up to (not including) the commit.
 #[tracing::instrument(name = "db write transaction", skip(pool, change, if_match), fields(otel.kind = "client", db.system.name = "postgresql"))]
-pub(crate) async fn write(
+pub(crate) async fn prepare(
     pool: &PgPool,
     id: &str,
     change: Change,
     if_match: Option<&EtagCondition>,
-) -> Result<Written, StoreError> {
+) -> Result<Prepared, StoreError> {
     let mut tx = pool.begin().await?;
     // A placeholder row (version 0, deleted) makes the row lock below work for creates too;
     // it disappears with a rollback.
@@ -256,11 +277,13 @@ pub(crate) async fn write(
     .bind(Json(trace_context))
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    Ok(Written {
-        profile,
-        version,
-        created: event_type == EventType::UserCreated,
+    Ok(Prepared {
+        tx,
+        written: Written {
+            profile,
+            version,
+            created: event_type == EventType::UserCreated,
+        },
     })
 }
 

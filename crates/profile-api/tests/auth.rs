@@ -124,6 +124,47 @@ async fn a_user_may_write_their_own_profile_and_an_admin_anyone_s() {
 }
 
 #[tokio::test]
+async fn a_percent_encoded_id_is_authorized_as_the_id_the_handler_writes() {
+    let app = secured(0, 0).await;
+    // `%61` is `a`: the handler writes `a<rest>` for the path `%61<rest>`.
+    let victim = common::user("alice");
+    let encoded = format!("%61{}", &victim[1..]);
+    let victim_token = token(claims(&victim, "", 300), SECRET);
+    assert_eq!(
+        put(&app, &victim, Some(&victim_token))
+            .await
+            .status()
+            .as_u16(),
+        201
+    );
+    // A token whose subject is the raw segment may not change the decoded id's profile.
+    let sneaky = token(claims(&encoded, "", 300), SECRET);
+    assert_problem(put(&app, &encoded, Some(&sneaky)).await, 403).await;
+    let delete = app
+        .http
+        .delete(app.url(&format!("/v1/profiles/{encoded}")))
+        .bearer_auth(&sneaky)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(delete, 403).await;
+    let current: Value = get(&app, &victim, &victim_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(current["version"], 1, "the profile was not changed");
+    // The owner reaches their profile under either spelling.
+    let own = put(&app, &encoded, Some(&victim_token)).await;
+    assert_eq!(own.status().as_u16(), 200);
+    let own: Value = own.json().await.unwrap();
+    assert_eq!(
+        (own["id"].as_str(), own["version"].as_i64()),
+        (Some(victim.as_str()), Some(2))
+    );
+}
+
+#[tokio::test]
 async fn public_reads_need_no_token_but_writes_still_do() {
     let mut config = common::fresh_config("public").await;
     config.auth_disabled = false;

@@ -1,5 +1,7 @@
 //! The read path against real Redis: hits and misses, read-your-writes under concurrent writers,
-//! stampede protection, stale-while-revalidate, negative caching, and Redis outages.
+//! stampede protection (within a replica and across replicas behind a slow database),
+//! stale-while-revalidate, negative caching, writes whose request is cut off during the commit,
+//! and Redis outages.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -7,6 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::pg_proxy::PgProxy;
 use common::{body, start, user, version_of};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -198,4 +201,89 @@ async fn with_redis_down_reads_bypass_the_cache_and_writes_succeed() {
     })
     .await;
     assert!(back, "the cache never came back");
+}
+
+#[tokio::test]
+async fn a_write_whose_request_times_out_during_the_commit_still_invalidates_the_cache() {
+    let mut config = common::fresh_config("commit").await;
+    config.request_timeout_ms = 300;
+    let db = sqlx::PgPool::connect(&config.database_url).await.unwrap();
+    let t = start(config, false).await;
+    let id = user("commit");
+    t.put(&id, &body("A")).await;
+    t.get(&id).await;
+    assert_eq!(x_cache(&t.get(&id).await), "hit", "version 1 is cached");
+    // Test hook: the commit of a change that names a profile "slow" takes 1 s (a deferred
+    // constraint trigger runs at commit), far past the 300 ms request timeout.
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.name = 'slow' THEN PERFORM pg_sleep(1); END IF; RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON profile \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let put = t.put(&id, &body("slow")).await;
+    assert_eq!(
+        put.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the request timed out while the commit ran"
+    );
+    let committed = common::eventually(Duration::from_secs(5), || async {
+        let (version,): (i64,) = sqlx::query_as("SELECT version FROM profile WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        version == 2
+    })
+    .await;
+    assert!(committed, "the commit was under way and landed");
+    // The invalidation after the commit was not cancelled with the request: the cache no
+    // longer serves version 1.
+    let invalidated = common::eventually(Duration::from_secs(3), || async {
+        version_of(&t.get(&id).await.json().await.unwrap()) == 2
+    })
+    .await;
+    assert!(
+        invalidated,
+        "the cache still serves version 1 after version 2 committed"
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_behind_a_slow_database_load_a_cold_key_once() {
+    let mut config = common::fresh_config("slowdb").await;
+    let proxy = PgProxy::start("127.0.0.1:5432").await;
+    config.database_url = proxy.url(&config.database_url, "127.0.0.1:5432");
+    let a = Arc::new(start(config.clone(), false).await);
+    let b = Arc::new(start(config, false).await);
+    let id = user("slowdb");
+    assert_eq!(a.put(&id, &body("A")).await.status(), StatusCode::CREATED);
+    // Every statement now takes at least 500 ms, longer than the old fixed 300 ms wait.
+    proxy.slow_down(Duration::from_millis(500));
+    let before = proxy.executes();
+    let metric_before =
+        a.metric("profile_db_loads_total", "").await + b.metric("profile_db_loads_total", "").await;
+    let reads = (0..100).map(|i| {
+        let t = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let id = id.clone();
+        tokio::spawn(async move {
+            let got = t.get(&id).await;
+            (got.status(), version_of(&got.json().await.unwrap()))
+        })
+    });
+    for read in futures::future::join_all(reads).await {
+        assert_eq!(read.unwrap(), (StatusCode::OK, 1));
+    }
+    let loads = proxy.executes() - before;
+    let metric = a.metric("profile_db_loads_total", "").await
+        + b.metric("profile_db_loads_total", "").await
+        - metric_before;
+    assert_eq!(
+        (loads, metric),
+        (1, 1.0),
+        "statements seen by the database proxy, and the API's own count of loads"
+    );
 }

@@ -1,5 +1,6 @@
 //! The outbox relay against the shared broker: record shape and trace context, and two replicas
-//! relaying at once without duplicates or reordering.
+//! relaying at once without duplicates or reordering; and, against a broker that never answers,
+//! the fencing of a leader whose session ends.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -147,4 +148,103 @@ async fn a_standby_relay_takes_over_when_the_leader_stops() {
     let versions: Vec<i64> = received.iter().map(|r| r.event.profileversion).collect();
     assert_eq!(versions, [1, 2, 3, 4]);
     common::assert_ordered_and_unique(&received);
+}
+
+/// A "broker" that accepts connections and never answers: a producer's sends stay queued in it.
+/// Reports which of its connections the client has closed.
+struct SilentBroker {
+    addr: std::net::SocketAddr,
+    opened: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+}
+
+impl SilentBroker {
+    async fn start() -> Self {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let opened = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connections = opened.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let index = {
+                    let mut open = connections.lock().unwrap();
+                    open.push(true);
+                    open.len() - 1
+                };
+                let connections = connections.clone();
+                tokio::spawn(async move {
+                    let mut sink = [0u8; 4096];
+                    while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+                    connections.lock().unwrap()[index] = false;
+                });
+            }
+        });
+        Self { addr, opened }
+    }
+
+    /// Per connection so far, whether the client still holds it open.
+    fn open(&self) -> Vec<bool> {
+        self.opened.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn a_leader_whose_session_ends_destroys_its_producer_and_the_sends_it_still_queues() {
+    let broker = SilentBroker::start().await;
+    let mut config = common::fresh_config("fence").await;
+    config.kafka_brokers = broker.addr.to_string();
+    // Long enough that, unfenced, the sends would stay queued for the whole test.
+    config.kafka_message_timeout_ms = 60_000;
+    let t = start(config, true).await;
+    let db = t.app.pool().clone();
+    let leader = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    let led = common::eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, i32>(leader)
+            .fetch_optional(&db)
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert!(led, "the relay never became the leader");
+    let id = user("fence");
+    assert!(t.put(&id, &body("queued")).await.status().is_success());
+    // The batch is in flight once its row is locked and the producer talks to the broker.
+    let in_flight = common::eventually(Duration::from_secs(10), || async {
+        let mut tx = db.begin().await.unwrap();
+        let free: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox FOR UPDATE SKIP LOCKED")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        free.is_empty() && !broker.open().is_empty()
+    })
+    .await;
+    assert!(in_flight, "the relay never took the batch");
+    let pid: i32 = sqlx::query_scalar(leader).fetch_one(&db).await.unwrap();
+    let before = broker.open().len();
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(ended);
+    // The old leader notices within a heartbeat (100 ms here) and destroys its producer, which
+    // purges the queued sends and then closes the broker connections. (A standby taking the lock
+    // meanwhile waits out the takeover delay before its first batch.)
+    let fenced = common::eventually(Duration::from_secs(2), || async {
+        broker.open()[..before].iter().all(|open| !open)
+    })
+    .await;
+    assert!(
+        fenced,
+        "the old leader still holds its broker connections (and queued sends) after its session ended: {:?}",
+        broker.open()
+    );
+    let (unpublished,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(unpublished, 1, "nothing was marked published");
 }

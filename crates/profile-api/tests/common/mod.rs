@@ -2,6 +2,8 @@
 //! PostgreSQL (a fresh database), Redis and broker (a fresh topic).
 #![allow(clippy::unwrap_used, dead_code, unreachable_pub)]
 
+pub mod pg_proxy;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
