@@ -61,7 +61,7 @@ impl std::fmt::Display for Count {
 }
 
 /// The table's header, as `scripts/chaos` prints it.
-pub const HEADER: &str =
+const HEADER: &str =
     "| scenario | operations | lost | duplicated | dead-lettered | wrong answers | 5xx | verdict |";
 
 /// One row of the printed table. Every count comes from a source the code under test does not
@@ -1385,4 +1385,26 @@ async fn table_rows_fail_when_the_guarantee_is_broken() {
         "every redelivery of the other eight is counted"
     );
     assert!(!row.passes(), "the row must fail: {}", row.line());
+}
+
+#[test]
+fn the_chaos_script_prints_the_columns_the_rows_have() {
+    let script = std::fs::read_to_string(kit::workspace_root().join("scripts/chaos")).unwrap();
+    assert!(
+        script.contains(HEADER),
+        "scripts/chaos prints another header than {HEADER}"
+    );
+    let columns = HEADER.matches('|').count() - 1;
+    let row = Row {
+        scenario: "x",
+        operations: 1,
+        lost: Measured(0),
+        duplicated: NotApplicable,
+        dead_lettered: Measured(0),
+        wrong: Measured(0),
+        server_errors: NotApplicable,
+    };
+    assert_eq!(row.line().matches('|').count() - 1, columns);
+    assert!(row.passes());
+    assert!(row.line().contains("| n/a |"));
 }

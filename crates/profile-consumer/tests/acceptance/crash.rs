@@ -116,3 +116,80 @@ async fn kill_9_in_the_middle_of_1000_events_then_restart_applies_each_exactly_o
     eprintln!("SIGTERM to exit: {:?}", signalled.elapsed());
     assert!(exit.success(), "{exit:?}");
 }
+
+/// `consumer_records_total{result="processed"}` of the consumer serving `addr`.
+async fn processed(addr: std::net::SocketAddr) -> f64 {
+    support::http_get(addr, "/metrics")
+        .await
+        .ok()
+        .and_then(|(_, body)| {
+            support::metric_value(&body, r#"consumer_records_total{result="processed"}"#)
+        })
+        .unwrap_or(0.0)
+}
+
+/// The group must recover when every member holding a partition dies at once: the idle
+/// survivor gets them all. (tansu 0.6.0 removed expired members without a new generation, so
+/// the survivor kept its empty assignment for ever: scripts/tansu/group-expiry.patch.)
+#[tokio::test]
+async fn the_idle_survivor_takes_every_partition_after_the_members_holding_them_are_killed() {
+    let db = statecast_testkit::fresh_database().await.unwrap();
+    let topic = support::topic("survivor", 2).await;
+    let group = statecast_testkit::unique("survivor");
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        let (child, addr) = spawn(&topic, &group, &db);
+        support::wait_until("member ready", Duration::from_secs(60), || async move {
+            support::http_get(addr, "/readyz")
+                .await
+                .is_ok_and(|(status, _)| status == 200)
+        })
+        .await;
+        members.push((child, addr));
+    }
+    // Let the joins settle into one generation: 2 partitions, 3 members, one idle.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let producer = support::producer();
+    let pool = support::pool(&db).await;
+    let produce = |from: usize| {
+        let (producer, topic) = (&producer, &topic);
+        async move {
+            for i in from..from + 40 {
+                let event = support::event(
+                    EventType::UserCreated,
+                    &format!("s{i}"),
+                    1,
+                    "s@example.com",
+                    "PT",
+                );
+                support::produce(producer, topic, &event).await;
+            }
+        }
+    };
+    produce(0).await;
+    support::wait_until("40 audit rows", Duration::from_secs(60), || async {
+        support::count(&pool, "select count(*) from audit_log").await == 40
+    })
+    .await;
+    let mut holders = Vec::new();
+    let mut idle = Vec::new();
+    for (child, addr) in members {
+        if processed(addr).await > 0.0 {
+            holders.push(child);
+        } else {
+            idle.push((child, addr));
+        }
+    }
+    assert_eq!(idle.len(), 1, "one of three members holds no partition");
+    for mut holder in holders {
+        holder.kill().await.unwrap(); // SIGKILL: no leave-group, the session has to expire
+    }
+    produce(40).await;
+    let started = Instant::now();
+    support::wait_until("80 audit rows", Duration::from_secs(90), || async {
+        support::count(&pool, "select count(*) from audit_log").await == 80
+    })
+    .await;
+    println!("survivor took over in {:?}", started.elapsed());
+    assert_eq!(processed(idle[0].1).await, 40.0);
+}
