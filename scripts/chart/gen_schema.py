@@ -79,6 +79,7 @@ def ui_service(desc):
 
 
 DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$"
 HOSTNAME = "^(\\*\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 POD_SC = free("Pod-level security context (a PodSecurityContext).")
 SC = free("Container security context (a SecurityContext).")
@@ -94,7 +95,7 @@ AUTOSCALING_CONSUMER = obj("Lag-based autoscaling done by the operator (instead 
     "maxReplicas": i("Highest replica count.", 1),
     "lagThreshold": i("Consumer-group lag per replica that triggers a scale-up.", 1),
     "scaleDownDelaySeconds": i("Seconds the lag must stay low before scaling down.", 0),
-}, required=["minReplicas", "maxReplicas"])
+}, required=["maxReplicas", "lagThreshold"])  # what the CRD requires (minReplicas defaults to 1)
 
 CONSUMER = obj("One ProfileConsumer (statecast.dev/v1alpha1).", {
     "name": s("Resource name suffix (the resource is <fullname>-<name>).",
@@ -223,6 +224,8 @@ SCHEMA = {
             "watchNamespace": s("Namespace to watch; empty means all."),
             "leaseName": s("Leader-election Lease name.", minLength=1),
             "consumerImage": s("Default consumer image."),
+            "consumerServiceAccount": s("ServiceAccount of the consumer pods; empty means the namespace's default.",
+                                        pattern=DNS_SUBDOMAIN),
             "extraEnv": ENV_LIST,
             "resources": resources(),
             "serviceAccount": obj("The operator's ServiceAccount.", {"annotations": free("Annotations.")}),

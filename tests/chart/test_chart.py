@@ -239,6 +239,86 @@ def test_values_schema_rejects_bad_values_with_a_clear_message(helm, args, expec
         assert text in stderr, stderr
 
 
+def crd_required(schema, path):
+    """The `required` list of the CRD schema node at `path` (property names)."""
+    for name in path:
+        schema = schema["properties"][name]
+    return set(schema.get("required", []))
+
+
+def test_values_schema_requires_what_the_crd_requires_of_consumers():
+    """A consumer the values schema accepts must not be refused by the CRD at install time."""
+    values_schema = json.loads((CHART / "values.schema.json").read_text())
+    consumer = values_schema["properties"]["consumers"]["items"]
+    crd = crd_schema()
+    for path in ((), ("autoscaling",)):
+        values_node = consumer
+        for name in path:
+            values_node = values_node["properties"][name]
+        missing = crd_required(crd["properties"]["spec"], path) - set(values_node.get("required", []))
+        assert not missing, f"consumers[].{'.'.join(path) or '(spec)'}: the CRD requires {missing}"
+
+
+def test_consumer_autoscaling_without_lag_threshold_fails_naming_it(helm):
+    stderr = helm_fails(helm, "--set", "consumers[0].name=a", "--set", "consumers[0].handler=audit",
+                        "--set", "consumers[0].groupId=g", "--set", "consumers[0].topics[0]=t",
+                        "--set", "consumers[0].autoscaling.minReplicas=1",
+                        "--set", "consumers[0].autoscaling.maxReplicas=3")
+    assert "values don't meet the specifications of the schema" in stderr, stderr
+    assert "lagThreshold" in stderr, stderr
+
+
+# Merge keys of list-maps (`x-kubernetes-list-type: map` or a strategic-merge key): a list with a
+# duplicate key is refused by server-side apply (and merged unpredictably by client-side apply).
+LIST_MAP_KEYS = {"containers": ("name",), "initContainers": ("name",), "ephemeralContainers": ("name",),
+                 "env": ("name",), "ports": ("containerPort", "protocol"),  # Service ports: port+protocol
+                 "volumes": ("name",),
+                 "volumeMounts": ("mountPath",), "volumeDevices": ("devicePath",),
+                 "imagePullSecrets": ("name",), "ownerReferences": ("uid",), "hostAliases": ("ip",),
+                 "resourceClaims": ("name",), "topologySpreadConstraints": ("topologyKey", "whenUnsatisfiable"),
+                 "conditions": ("type",)}
+
+
+def list_map_duplicates(node, path=""):
+    """Every duplicate list-map key under `node`, as "path: key"."""
+    found = []
+    if isinstance(node, dict):
+        for name, child in node.items():
+            child_path = f"{path}.{name}"
+            keys = LIST_MAP_KEYS.get(name)
+            if name == "ports" and isinstance(child, list) and not any(
+                    isinstance(p, dict) and "containerPort" in p for p in child):
+                keys = ("port", "protocol")  # a Service's ports
+            if keys and isinstance(child, list):
+                seen = set()
+                for item in child:
+                    if not isinstance(item, dict):
+                        continue
+                    key = tuple(item.get(k, "TCP" if k == "protocol" else None) for k in keys)
+                    if key in seen:
+                        found.append(f"{child_path}: {key}")
+                    seen.add(key)
+            found += list_map_duplicates(child, child_path)
+    elif isinstance(node, list):
+        for n, item in enumerate(node):
+            found += list_map_duplicates(item, f"{path}[{n}]")
+    return found
+
+
+def test_no_rendered_object_has_duplicate_list_map_keys(helm, scenario):
+    for obj in render(helm, scenario):
+        dups = list_map_duplicates(obj)
+        assert not dups, f"{obj['kind']}/{obj['metadata']['name']} ({scenario}): {dups}"
+
+
+def test_the_list_map_check_itself_finds_duplicates():
+    pod = {"spec": {"containers": [{"name": "a", "env": [{"name": "X"}, {"name": "X"}],
+                                    "ports": [{"containerPort": 80}, {"containerPort": 80, "protocol": "TCP"}]},
+                                   {"name": "a"}],
+                    "imagePullSecrets": [{"name": "r"}, {"name": "r"}]}}
+    assert len(list_map_duplicates(pod)) == 4
+
+
 def test_duplicate_consumer_names_fail(helm):
     stderr = helm_fails(helm, "--set", "consumers[0].name=a", "--set", "consumers[0].handler=audit",
                         "--set", "consumers[0].groupId=g", "--set", "consumers[0].topics[0]=t",
@@ -254,7 +334,7 @@ def test_duplicate_consumer_names_fail(helm):
 EXPECTED_OPERATOR_RULES = {
     ("ClusterRole", "statecast.dev", "profileconsumers", ("get", "list", "watch"), ()),
     ("ClusterRole", "statecast.dev", "profileconsumers/status", ("patch",), ()),
-    ("ClusterRole", "apps", "deployments", ("create", "delete", "list", "patch", "watch"), ()),
+    ("ClusterRole", "apps", "deployments", ("create", "list", "patch", "watch"), ()),
     ("ClusterRole", "events.k8s.io", "events", ("create", "patch"), ()),
     ("ClusterRole", "apiextensions.k8s.io", "customresourcedefinitions", ("get",), (CRD_NAME,)),
     ("Role", "coordination.k8s.io", "leases", ("create", "get", "patch"), ()),
@@ -401,6 +481,23 @@ def test_api_and_operator_follow_the_contracts(helm):
     assert {"LEASE_NAME", "LISTEN_ADDR", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL"} <= set(env)
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         assert op[probe]["httpGet"] == {"path": path, "port": "http"}
+
+
+def test_operator_gives_consumer_pods_the_pull_secrets_and_service_account(helm):
+    def operator_env(*args):
+        res = run_helm(helm, *template_args(*args))
+        assert res.returncode == 0, res.stderr
+        objs = [d for d in yaml.safe_load_all(res.stdout) if d]
+        op = one(objs, "Deployment", "statecast-operator")["spec"]["template"]["spec"]
+        return op, env_of(op["containers"][0])
+    op, env = operator_env()
+    assert env["CONSUMER_IMAGE_PULL_SECRETS"]["value"] == ""
+    assert env["CONSUMER_SERVICE_ACCOUNT"]["value"] == ""
+    op, env = operator_env("--set", "imagePullSecrets[0].name=regcred", "--set", "imagePullSecrets[1].name=mirror",
+                           "--set", "operator.consumerServiceAccount=statecast-consumer")
+    assert op["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    assert env["CONSUMER_IMAGE_PULL_SECRETS"]["value"] == "regcred,mirror"
+    assert env["CONSUMER_SERVICE_ACCOUNT"]["value"] == "statecast-consumer"
 
 
 def test_connection_secret_uses_the_generated_passwords(helm):

@@ -18,7 +18,8 @@ ENVOY_GATEWAY_VERSION = "v1.9.3"
 # Env names that must never carry a literal value: they come from a Secret by secretKeyRef.
 SECRET_ENV = re.compile(r"SECRET|PASSWORD|TOKEN|DATABASE_URL|REDIS_URL")
 # Env vars whose names match SECRET_ENV but hold no secret, and why.
-NOT_SECRET_ENV = {"CONSUMER_SECRET": "the *name* of the Secret the operator mounts into consumers (docs/contracts.md)"}
+NOT_SECRET_ENV = {"CONSUMER_SECRET": "the *name* of the Secret the operator mounts into consumers (docs/contracts.md)",
+                  "CONSUMER_IMAGE_PULL_SECRETS": "the *names* of the image pull Secrets of the consumer pods"}
 
 
 def by_kind(objs, kind):

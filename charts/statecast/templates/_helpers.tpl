@@ -144,6 +144,18 @@ Name of the Secret with DATABASE_URL, REDIS_URL and SMTP_URL (the operator's CON
 {{- end }}
 
 {{/*
+The names of .Values.imagePullSecrets, comma-separated: the operator's
+CONSUMER_IMAGE_PULL_SECRETS, set on every consumer pod.
+*/}}
+{{- define "statecast.consumerImagePullSecrets" -}}
+{{- $names := list }}
+{{- range .Values.imagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- join "," $names }}
+{{- end }}
+
+{{/*
 Name of the generated Secret holding the bundled PostgreSQL and Redis passwords.
 */}}
 {{- define "statecast.credentialsSecretName" -}}

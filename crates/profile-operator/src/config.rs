@@ -48,6 +48,20 @@ pub struct RunArgs {
     #[arg(long, env = "CONSUMER_SECRET", default_value = "statecast-consumer")]
     pub consumer_secret: String,
 
+    /// Image pull secrets of the consumer pods, comma-separated Secret names (in each resource's
+    /// namespace).
+    #[arg(
+        long,
+        env = "CONSUMER_IMAGE_PULL_SECRETS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub consumer_image_pull_secrets: Vec<String>,
+
+    /// ServiceAccount of the consumer pods; empty means the namespace's default.
+    #[arg(long, env = "CONSUMER_SERVICE_ACCOUNT")]
+    pub consumer_service_account: Option<String>,
+
     /// OTLP endpoint forwarded to consumers.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otel_exporter_otlp_endpoint: Option<String>,
@@ -87,6 +101,13 @@ impl RunArgs {
             consumer_secret: self.consumer_secret.clone(),
             otel_endpoint: non_empty(&self.otel_exporter_otlp_endpoint),
             otel_protocol: non_empty(&self.otel_exporter_otlp_protocol),
+            image_pull_secrets: self
+                .consumer_image_pull_secrets
+                .iter()
+                .map(|name| name.trim().to_owned())
+                .filter(|name| !name.is_empty())
+                .collect(),
+            service_account: non_empty(&self.consumer_service_account),
         }
     }
 
@@ -113,5 +134,33 @@ mod tests {
         assert_eq!(cli.run.lease_name, "x");
         let cli = Cli::parse_from(["profile-operator", "crd"]);
         assert!(matches!(cli.command, Some(Command::Crd)));
+    }
+
+    #[test]
+    fn consumer_pull_secrets_and_service_account_reach_the_settings() {
+        let cli = Cli::parse_from([
+            "profile-operator",
+            "--consumer-image-pull-secrets",
+            "regcred, mirror,",
+            "--consumer-service-account",
+            "statecast-consumer",
+        ]);
+        let settings = cli.run.settings();
+        assert_eq!(settings.image_pull_secrets, ["regcred", "mirror"]);
+        assert_eq!(
+            settings.service_account.as_deref(),
+            Some("statecast-consumer")
+        );
+        // The chart passes empty values when nothing is configured.
+        let cli = Cli::parse_from([
+            "profile-operator",
+            "--consumer-image-pull-secrets",
+            "",
+            "--consumer-service-account",
+            "",
+        ]);
+        let settings = cli.run.settings();
+        assert!(settings.image_pull_secrets.is_empty());
+        assert_eq!(settings.service_account, None);
     }
 }

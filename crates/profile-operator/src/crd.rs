@@ -1,4 +1,5 @@
-//! The `ProfileConsumer` custom resource (`profileconsumers.statecast.dev/v1alpha1`, short name `pc`).
+//! The `ProfileConsumer` custom resource (`profileconsumers.statecast.dev/v1alpha1`, short name
+//! `pcon`: `pc` is PriorityClass's, so `kubectl get pc` would never list these).
 //!
 //! The OpenAPI schema is generated from these types: every field's doc comment becomes its
 //! `description` (what `kubectl explain` shows), `#[schemars(...)]` attributes add OpenAPI checks
@@ -30,14 +31,15 @@ pub const CRD_NAME: &str = "profileconsumers.statecast.dev";
     version = "v1alpha1",
     kind = "ProfileConsumer",
     plural = "profileconsumers",
-    shortname = "pc",
+    shortname = "pcon",
     namespaced,
     status = "ProfileConsumerStatus",
     doc = "A ProfileConsumer runs a Deployment of `profile-consumer` pods with one handler on a set of \
            Kafka topics in one consumer group, scaled to a fixed count or on the group's lag.",
     scale(
         spec_replicas_path = ".spec.replicas",
-        status_replicas_path = ".status.replicas"
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
     ),
     printcolumn = r#"{"name": "Handler", "type": "string", "jsonPath": ".spec.handler", "description": "Handler the consumers run"}"#,
     printcolumn = r#"{"name": "Group", "type": "string", "jsonPath": ".status.groupId", "description": "Effective consumer group"}"#,
@@ -55,7 +57,8 @@ pub struct ProfileConsumerSpec {
     pub handler: Handler,
 
     /// Kafka consumer group. Defaults to `<namespace>.<name>`. Two ProfileConsumers in one
-    /// namespace with the same group but different topics conflict: the later one gets no pods.
+    /// namespace with the same group but different topics conflict: the later one is refused
+    /// (`Degraded`/`GroupConflict`) and the operator creates, changes or deletes no Deployment for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub group_id: Option<String>,
@@ -65,8 +68,9 @@ pub struct ProfileConsumerSpec {
     pub topics: Vec<String>,
 
     /// Fixed number of consumer pods when `autoscaling` is not set (default 1). Changed by
-    /// `kubectl scale`. Must not be set together with `autoscaling`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `kubectl scale` or a HorizontalPodAutoscaler (scale subresource). With `autoscaling` it
+    /// must stay at its default 1: the operator decides the count from the lag.
+    #[serde(default = "default_replicas", skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
 
@@ -79,8 +83,8 @@ pub struct ProfileConsumerSpec {
     #[schemars(length(min = 1))]
     pub image: Option<String>,
 
-    /// Extra environment variables of the consumer container, appended after the ones the
-    /// operator sets (a later entry wins), e.g. `MAX_RETRIES`.
+    /// Extra environment variables of the consumer container, e.g. `MAX_RETRIES`. An entry named
+    /// like one the operator sets (e.g. `KAFKA_BROKERS`) replaces it; each name appears once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
 
@@ -153,12 +157,21 @@ pub struct Autoscaling {
     pub scale_down_delay_seconds: i64,
 }
 
+/// `spec.replicas` when unset. The schema defaults it, so the scale subresource (whose `GET`
+/// fails when `specReplicasPath` holds nothing) works on every resource.
+pub const DEFAULT_REPLICAS: i32 = 1;
+
+/// CEL rule against a fixed replica count together with `autoscaling`. `replicas` is defaulted
+/// (to [`DEFAULT_REPLICAS`]) before validation, so only a value other than the default counts.
+pub const REPLICAS_RULE: &str =
+    "!has(self.autoscaling) || !has(self.replicas) || self.replicas == 1";
+
 /// CEL rules of the spec, enforced by the API server (`x-kubernetes-validations`).
 fn spec_rules(schema: &mut schemars::Schema) {
     schema.insert(
         "x-kubernetes-validations".into(),
         json!([{
-            "rule": "!(has(self.replicas) && has(self.autoscaling))",
+            "rule": REPLICAS_RULE,
             "message": "set either replicas or autoscaling, not both",
         }]),
     );
@@ -173,6 +186,10 @@ fn autoscaling_rules(schema: &mut schemars::Schema) {
             "message": "minReplicas must not be greater than maxReplicas",
         }]),
     );
+}
+
+fn default_replicas() -> Option<i32> {
+    Some(DEFAULT_REPLICAS)
 }
 
 fn default_min_replicas() -> i32 {
@@ -194,6 +211,11 @@ pub struct ProfileConsumerStatus {
     /// Effective consumer group (`spec.groupId` or `<namespace>.<name>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
+
+    /// Label selector of the consumer pods as a string (`key=value,...`): the scale
+    /// subresource's `labelSelectorPath`, which a HorizontalPodAutoscaler needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 
     /// Consumer pods that exist (the Deployment's `status.replicas`).
     #[serde(default)]
@@ -260,7 +282,7 @@ impl ProfileConsumerSpec {
             return Err("replicas must be >= 0".into());
         }
         if let Some(a) = &self.autoscaling {
-            if self.replicas.is_some() {
+            if self.replicas.is_some_and(|r| r != DEFAULT_REPLICAS) {
                 return Err("set either replicas or autoscaling, not both".into());
             }
             if a.min_replicas < 0 {
@@ -377,10 +399,10 @@ mod tests {
             ".status.replicas"
         );
         assert!(v["subresources"]["status"].is_object());
-        assert_eq!(crd["spec"]["names"]["shortNames"][0], "pc");
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "pcon");
         let text = serde_json::to_string(&crd).unwrap();
         assert!(text.contains("self.minReplicas <= self.maxReplicas"));
-        assert!(text.contains("!(has(self.replicas) && has(self.autoscaling))"));
+        assert!(text.contains(REPLICAS_RULE));
         let columns: Vec<_> = v["additionalPrinterColumns"]
             .as_array()
             .unwrap()
@@ -393,6 +415,56 @@ mod tests {
                 "Handler", "Group", "Topics", "Desired", "Ready", "Lag", "Age"
             ]
         );
+    }
+
+    /// Short names of built-in resources (`kubectl api-resources`, Kubernetes 1.34).
+    const BUILTIN_SHORT_NAMES: &[&str] = &[
+        "cs", "cm", "ep", "ev", "limits", "ns", "no", "pvc", "pv", "po", "rc", "quota", "sa",
+        "svc", "crd", "crds", "ds", "deploy", "rs", "sts", "hpa", "cj", "csr", "ing", "netpol",
+        "pdb", "pc", "sc", "vac",
+    ];
+
+    #[test]
+    fn short_name_does_not_shadow_a_builtin_resource() {
+        let crd = serde_json::to_value(ProfileConsumer::crd()).unwrap();
+        let short: Vec<_> = crd["spec"]["names"]["shortNames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(short, ["pcon"]);
+        for name in &short {
+            assert!(
+                !BUILTIN_SHORT_NAMES.contains(&name.as_str()),
+                "short name {name:?} is taken by a built-in resource"
+            );
+        }
+    }
+
+    #[test]
+    fn scale_subresource_serves_an_hpa_and_works_without_replicas_set() {
+        let crd = serde_json::to_value(ProfileConsumer::crd()).unwrap();
+        let v = &crd["spec"]["versions"][0];
+        // An HPA needs the pods' selector, as a string, from the scale subresource.
+        assert_eq!(
+            v["subresources"]["scale"]["labelSelectorPath"],
+            ".status.selector"
+        );
+        let schema = &v["schema"]["openAPIV3Schema"]["properties"];
+        assert_eq!(schema["status"]["properties"]["selector"]["type"], "string");
+        // GET /scale fails when specReplicasPath holds nothing: the schema defaults it.
+        assert_eq!(schema["spec"]["properties"]["replicas"]["default"], 1);
+        // A defaulted replicas does not break the rule against setting both.
+        let autoscaled = serde_json::json!({
+            "apiVersion": "statecast.dev/v1alpha1", "kind": "ProfileConsumer",
+            "metadata": {"name": "a"},
+            "spec": {"handler": "audit", "topics": ["t"],
+                     "autoscaling": {"maxReplicas": 3, "lagThreshold": 10}},
+        });
+        assert_eq!(cel_check(&autoscaled), Vec::<String>::new());
+        let pc: ProfileConsumer = serde_json::from_value(autoscaled).unwrap();
+        assert_eq!(pc.spec.validate(), Ok(()));
     }
 
     fn examples(dir: &str) -> Vec<(String, String)> {

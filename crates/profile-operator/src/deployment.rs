@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    HTTPGetAction, LocalObjectReference, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -39,14 +39,57 @@ pub struct Settings {
     pub otel_endpoint: Option<String>,
     /// Forwarded as `OTEL_EXPORTER_OTLP_PROTOCOL` when set.
     pub otel_protocol: Option<String>,
+    /// Secrets (in the resource's namespace) set as the pods' `imagePullSecrets`.
+    pub image_pull_secrets: Vec<String>,
+    /// ServiceAccount of the pods; `None` means the namespace's default.
+    pub service_account: Option<String>,
 }
 
-/// Labels selecting the pods of one resource. Never change: a Deployment's selector is immutable.
+/// Longest label value Kubernetes accepts.
+pub const MAX_LABEL_VALUE: usize = 63;
+
+/// `value` as a label value: unchanged when it fits in [`MAX_LABEL_VALUE`] characters, else its
+/// first 52 characters (without trailing `-`, `_`, `.`), `-` and 10 hex digits of a stable hash
+/// (64-bit FNV-1a) of the whole value, so two long names sharing a prefix stay distinct and the
+/// label never changes between operator versions. Resource names only hold characters valid in
+/// a label value.
+pub fn label_value(value: &str) -> String {
+    if value.len() <= MAX_LABEL_VALUE {
+        return value.to_owned();
+    }
+    const HASH_DIGITS: usize = 10;
+    let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let mut end = MAX_LABEL_VALUE - HASH_DIGITS - 1;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    let prefix = value[..end].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    let hex = format!("{hash:016x}");
+    format!("{prefix}-{}", &hex[..HASH_DIGITS])
+}
+
+/// Labels selecting the pods of one resource. Never change: a Deployment's selector is immutable
+/// (a name of at most 63 characters is its own label value, as it always was).
 pub fn selector_labels(pc: &ProfileConsumer) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".into(), "profile-consumer".into()),
-        ("app.kubernetes.io/instance".into(), pc.name_any()),
+        (
+            "app.kubernetes.io/instance".into(),
+            label_value(&pc.name_any()),
+        ),
     ])
+}
+
+/// The pods' selector as a string (`key=value,...`), as a HorizontalPodAutoscaler reads it from
+/// the scale subresource (`status.selector`).
+pub fn selector_string(pc: &ProfileConsumer) -> String {
+    selector_labels(pc)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// All `app.kubernetes.io/*` labels of the Deployment and its pods.
@@ -84,8 +127,11 @@ fn secret_env(secret: &str, key: &str) -> EnvVar {
     }
 }
 
-/// Environment of the consumer container: the operator's variables, then `spec.env` (a later
-/// duplicate wins in Kubernetes, so the user can override).
+/// Environment of the consumer container: the operator's variables, with `spec.env` merged in.
+/// Each name appears once: server-side apply refuses a list-map with a duplicate key
+/// (`duplicate entries for key [name=...]`), so a user entry replaces the operator's entry of
+/// that name in place (the whole `EnvVar`, `value` or `valueFrom`), a new name is appended, and
+/// of two user entries with one name the later wins.
 pub fn consumer_env(pc: &ProfileConsumer, settings: &Settings, group_id: &str) -> Vec<EnvVar> {
     let spec = &pc.spec;
     let handler = spec.handler.as_str();
@@ -114,7 +160,12 @@ pub fn consumer_env(pc: &ProfileConsumer, settings: &Settings, group_id: &str) -
         "OTEL_SERVICE_NAME",
         format!("profile-consumer-{handler}"),
     ));
-    vars.extend(spec.env.iter().cloned());
+    for user in &spec.env {
+        match vars.iter_mut().find(|v| v.name == user.name) {
+            Some(existing) => *existing = user.clone(),
+            None => vars.push(user.clone()),
+        }
+    }
     vars
 }
 
@@ -203,6 +254,17 @@ pub fn build(
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    // Consumers never call the Kubernetes API: no token in the pods.
+                    automount_service_account_token: Some(false),
+                    service_account_name: settings.service_account.clone(),
+                    image_pull_secrets: Some(
+                        settings
+                            .image_pull_secrets
+                            .iter()
+                            .map(|name| LocalObjectReference { name: name.clone() })
+                            .collect(),
+                    )
+                    .filter(|secrets: &Vec<_>| !secrets.is_empty()),
                     // The consumer finishes its in-flight batch and commits within 30 s of SIGTERM.
                     termination_grace_period_seconds: Some(40),
                     security_context: Some(PodSecurityContext {
@@ -242,6 +304,8 @@ pub(crate) mod tests {
             consumer_secret: "statecast-consumer".into(),
             otel_endpoint: None,
             otel_protocol: None,
+            image_pull_secrets: vec![],
+            service_account: None,
         }
     }
 
@@ -444,6 +508,255 @@ pub(crate) mod tests {
             container(&d).image.as_deref(),
             Some("registry.local/consumer:dev")
         );
+    }
+
+    /// Merge keys of the list-maps (`x-kubernetes-list-type: map`, or a strategic-merge key) found
+    /// in the objects the operator builds: server-side apply refuses a list with a duplicate key.
+    const LIST_MAP_KEYS: &[(&str, &[&str])] = &[
+        ("containers", &["name"]),
+        ("initContainers", &["name"]),
+        ("ephemeralContainers", &["name"]),
+        ("env", &["name"]),
+        // A Service's ports are keyed by port+protocol instead.
+        ("ports", &["containerPort", "protocol"]),
+        ("volumes", &["name"]),
+        ("volumeMounts", &["mountPath"]),
+        ("volumeDevices", &["devicePath"]),
+        ("imagePullSecrets", &["name"]),
+        ("ownerReferences", &["uid"]),
+        ("hostAliases", &["ip"]),
+        ("resourceClaims", &["name"]),
+        (
+            "topologySpreadConstraints",
+            &["topologyKey", "whenUnsatisfiable"],
+        ),
+        ("conditions", &["type"]),
+    ];
+
+    /// Every duplicate key of a list-map anywhere in `value`, as `path: key`.
+    pub(crate) fn list_map_duplicates(value: &serde_json::Value) -> Vec<String> {
+        fn walk(path: &str, value: &serde_json::Value, found: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(fields) => {
+                    for (name, child) in fields {
+                        let child_path = format!("{path}.{name}");
+                        let service_ports = name == "ports"
+                            && child.as_array().is_some_and(|ports| {
+                                !ports.iter().any(|p| p.get("containerPort").is_some())
+                            });
+                        let keys = if service_ports {
+                            Some(&["port", "protocol"][..])
+                        } else {
+                            LIST_MAP_KEYS
+                                .iter()
+                                .find(|(list, _)| list == name)
+                                .map(|(_, keys)| *keys)
+                        };
+                        if let (Some(keys), Some(items)) = (keys, child.as_array()) {
+                            let mut seen = std::collections::BTreeSet::new();
+                            for item in items {
+                                // A missing `protocol` means TCP, as the API server defaults it.
+                                let key: Vec<String> = keys
+                                    .iter()
+                                    .map(|k| match (item.get(*k), *k) {
+                                        (Some(v), _) => v.to_string(),
+                                        (None, "protocol") => "\"TCP\"".to_owned(),
+                                        (None, _) => "null".to_owned(),
+                                    })
+                                    .collect();
+                                if !seen.insert(key.clone()) {
+                                    found.push(format!("{child_path}: {}", key.join("+")));
+                                }
+                            }
+                        }
+                        walk(&child_path, child, found);
+                    }
+                }
+                serde_json::Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        walk(&format!("{path}[{i}]"), item, found);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut found = vec![];
+        walk("", value, &mut found);
+        found
+    }
+
+    fn user_env(name: &str, value: &str) -> EnvVar {
+        EnvVar {
+            name: name.into(),
+            value: Some(value.into()),
+            value_from: None,
+        }
+    }
+
+    #[test]
+    fn user_env_replaces_the_operators_entry_in_place_so_each_name_appears_once() {
+        let mut s = spec();
+        s.env = vec![
+            user_env("KAFKA_BROKERS", "other-kafka:9092"),
+            user_env("MAX_RETRIES", "3"),
+            user_env("DATABASE_URL", "postgres://override"),
+        ];
+        let d = build(&resource("cr", s), &settings(), "g", 1).unwrap();
+        let env = container(&d).env.as_ref().unwrap();
+        let names: Vec<_> = env.iter().map(|e| e.name.as_str()).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(names.len(), unique.len(), "duplicate env names: {names:?}");
+        // In place: the operator's order is kept, the user's new names come last.
+        assert_eq!(names[0], "KAFKA_BROKERS");
+        assert_eq!(names.last(), Some(&"MAX_RETRIES"));
+        assert_eq!(env_value(&d, "KAFKA_BROKERS").unwrap(), "other-kafka:9092");
+        let db = env.iter().find(|e| e.name == "DATABASE_URL").unwrap();
+        assert_eq!(db.value.as_deref(), Some("postgres://override"));
+        assert!(
+            db.value_from.is_none(),
+            "the user's entry replaces the whole EnvVar"
+        );
+    }
+
+    #[test]
+    fn built_objects_have_no_duplicate_list_map_keys() {
+        let mut s = spec();
+        s.env = vec![
+            user_env("KAFKA_BROKERS", "other:9092"),
+            user_env("KAFKA_GROUP_ID", "x"),
+            user_env("OTEL_SERVICE_NAME", "mine"),
+            user_env("SMTP_URL", "smtp://x"),
+        ];
+        let mut cfg = settings();
+        cfg.otel_endpoint = Some("http://otel:4317".into());
+        let d = build(&resource("cr", s), &cfg, "g", 1).unwrap();
+        let value = serde_json::to_value(&d).unwrap();
+        assert_eq!(list_map_duplicates(&value), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_list_map_check_itself_finds_duplicates() {
+        let value = serde_json::json!({"spec": {"template": {"spec": {
+            "containers": [
+                {"name": "a", "env": [{"name": "X"}, {"name": "X"}],
+                 "ports": [{"containerPort": 80}, {"containerPort": 80, "protocol": "TCP"}],
+                 "volumeMounts": [{"mountPath": "/tmp", "name": "a"}, {"mountPath": "/tmp", "name": "b"}]},
+                {"name": "a"}
+            ],
+            "volumes": [{"name": "v"}, {"name": "v"}],
+            "imagePullSecrets": [{"name": "r"}, {"name": "r"}]
+        }}}});
+        let found = list_map_duplicates(&value);
+        assert_eq!(found.len(), 6, "{found:?}");
+    }
+
+    #[test]
+    fn pod_gets_the_configured_pull_secrets_and_service_account() {
+        let mut cfg = settings();
+        cfg.image_pull_secrets = vec!["regcred".into(), "mirror".into()];
+        cfg.service_account = Some("statecast-consumer".into());
+        let d = build(&resource("cr", spec()), &cfg, "g", 1).unwrap();
+        let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let secrets: Vec<_> = pod
+            .image_pull_secrets
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(secrets, ["regcred", "mirror"]);
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("statecast-consumer")
+        );
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        // Unset: nothing rendered (an empty list would still be a managed field).
+        let d = build(&resource("cr", spec()), &settings(), "g", 1).unwrap();
+        let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert!(pod.image_pull_secrets.is_none());
+        assert!(pod.service_account_name.is_none());
+    }
+
+    #[test]
+    fn pod_does_not_mount_a_service_account_token() {
+        let d = build(&resource("cr", spec()), &settings(), "g", 1).unwrap();
+        let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false));
+    }
+
+    /// A valid label value: at most 63 characters, alphanumerics with `-`, `_`, `.` inside.
+    fn is_label_value(v: &str) -> bool {
+        v.len() <= 63
+            && (v.is_empty()
+                || (v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && v.ends_with(|c: char| c.is_ascii_alphanumeric())
+                    && v.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))))
+    }
+
+    #[test]
+    fn label_value_keeps_short_values_and_cuts_long_ones_with_a_stable_hash() {
+        assert_eq!(label_value("audit"), "audit");
+        let exactly = "a".repeat(63);
+        assert_eq!(label_value(&exactly), exactly);
+        let long = format!("{}.-x", "b".repeat(60));
+        let cut = label_value(&long);
+        assert_eq!(cut.len(), 52 + 1 + 10, "{cut}");
+        assert!(cut.starts_with(&"b".repeat(52)), "{cut}");
+        assert!(is_label_value(&cut), "{cut}");
+        // Pinned: the label selects existing pods, so the hash must never change.
+        assert_eq!(
+            label_value(&"c".repeat(100)),
+            format!("{}-22d88743e6", "c".repeat(52))
+        );
+        assert_ne!(label_value(&"c".repeat(100)), label_value(&"c".repeat(101)));
+    }
+
+    #[test]
+    fn long_names_make_valid_distinct_and_stable_label_values() {
+        // Resource names may have 253 characters; label values only 63.
+        let long_a = format!("{}-a", "consumer".repeat(30));
+        let long_b = format!("{}-b", "consumer".repeat(30));
+        let a = resource(&long_a, spec());
+        let b = resource(&long_b, spec());
+        for pc in [&a, &b] {
+            let d = build(pc, &settings(), "g", 1).unwrap();
+            let pod_labels = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
+            for labels in [
+                d.metadata.labels.as_ref().unwrap(),
+                d.spec
+                    .as_ref()
+                    .unwrap()
+                    .selector
+                    .match_labels
+                    .as_ref()
+                    .unwrap(),
+                pod_labels.labels.as_ref().unwrap(),
+            ] {
+                for (key, value) in labels {
+                    assert!(
+                        is_label_value(value),
+                        "{key}={value:?} is not a valid label value"
+                    );
+                }
+            }
+        }
+        let instance =
+            |pc: &ProfileConsumer| selector_labels(pc)["app.kubernetes.io/instance"].clone();
+        assert_ne!(
+            instance(&a),
+            instance(&b),
+            "truncation must not merge two resources"
+        );
+        assert_eq!(
+            instance(&a),
+            instance(&a.clone()),
+            "the label must be stable"
+        );
+        // Short names are used as they are.
+        assert_eq!(instance(&resource("audit", spec())), "audit");
     }
 
     #[test]

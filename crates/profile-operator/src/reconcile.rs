@@ -1,7 +1,7 @@
 //! The controller: watches `ProfileConsumer`s and the Deployments they own, and for each resource
 //! 1. refuses an invalid spec (`Degraded`/`InvalidSpec`, no Deployment change);
 //! 2. refuses a consumer group already used by an earlier resource of the namespace on other
-//!    topics (`Degraded`/`GroupConflict`, its Deployment removed);
+//!    topics (`Degraded`/`GroupConflict`): no Deployment is created, changed or deleted for it;
 //! 3. decides the replicas (fixed, or from the group's lag with [`crate::scaling`]);
 //! 4. applies the Deployment with server-side apply under [`FIELD_MANAGER`] with force, so a hand
 //!    edit of a field the operator manages is put back;
@@ -11,21 +11,27 @@
 //! A resource being deleted is left alone: its Deployment goes with it through the owner reference
 //! (no finalizer). Every other resource is requeued after [`RESYNC`] (lag changes without any
 //! watch event); failures are requeued with a per-resource exponential backoff.
+//!
+//! Watch events of a resource only start a reconcile when [`SpecChanges`] lets them through: a new
+//! generation (spec change), a deletion, or a resource not seen before. The status patch at the
+//! end of every reconcile is itself a MODIFIED event; without the filter each pass would trigger
+//! the next one at once. Changes of the owned Deployments always trigger.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -103,7 +109,7 @@ impl Context {
         let event = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(truncate_note(note)),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -111,6 +117,24 @@ impl Context {
             tracing::warn!(error = %e, reason, "publishing event failed");
         }
     }
+}
+
+/// Longest Event note the API server accepts, in bytes; a longer one makes it refuse the Event.
+pub const MAX_NOTE_BYTES: usize = 1024;
+
+/// `note` cut to [`MAX_NOTE_BYTES`] on a character boundary, ending in `…` when cut.
+pub fn truncate_note(mut note: String) -> String {
+    const ELLIPSIS: &str = "…";
+    if note.len() <= MAX_NOTE_BYTES {
+        return note;
+    }
+    let mut end = MAX_NOTE_BYTES - ELLIPSIS.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push_str(ELLIPSIS);
+    note
 }
 
 /// Delay before retrying after the `n`th consecutive failure: 5 s, 10 s, 20 s, … up to 5 min.
@@ -326,15 +350,9 @@ async fn reconcile_inner(pc: &ProfileConsumer, ctx: &Context) -> Result<Action> 
 
     let siblings = consumers.list(&ListParams::default()).await?;
     if let Some(winner) = group_conflict(pc, &siblings.items)? {
-        // The group is taken: make sure this resource runs no consumers in it.
-        match deployments
-            .delete(&pc.deployment_name(), &DeleteParams::background())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        // The group is taken: refuse the resource, as an invalid spec is refused. Its Deployment
+        // is neither created nor touched: deleting it (as this once did) would destroy a working
+        // consumer because of a later edit of another resource.
         let message = format!(
             "consumer group {group:?} is already used by ProfileConsumer {:?} on topics {:?}",
             winner.name_any(),
@@ -352,7 +370,7 @@ async fn reconcile_inner(pc: &ProfileConsumer, ctx: &Context) -> Result<Action> 
         .map(|t| t.0);
     let mut lag_error = None;
     let wanted = match (&pc.spec.autoscaling, &lag) {
-        (None, _) => pc.spec.replicas.unwrap_or(1),
+        (None, _) => pc.spec.replicas.unwrap_or(crate::crd::DEFAULT_REPLICAS),
         (Some(policy), Ok(l)) => desired_replicas(&ScaleInput {
             policy,
             lag: l.lag,
@@ -491,6 +509,7 @@ async fn reconcile_inner(pc: &ProfileConsumer, ctx: &Context) -> Result<Action> 
     let status = ProfileConsumerStatus {
         observed_generation: generation,
         group_id: Some(group),
+        selector: Some(deployment::selector_string(pc)),
         replicas,
         ready_replicas: ready,
         desired_replicas: desired,
@@ -512,6 +531,49 @@ pub async fn check_crd_installed(client: &Client) -> Result<()> {
     }
 }
 
+/// What a watch event of a resource is compared on: `metadata.generation` (the API server bumps
+/// it on spec changes, never on status patches), the uid (a resource recreated under the same
+/// name) and whether deletion has started.
+type SpecFingerprint = (Option<String>, Option<i64>, bool);
+
+/// The predicate on ProfileConsumer watch events, as `kube::runtime::predicates::generation`
+/// plus deletions: lets through an object that is new, has a new generation or uid, or started
+/// or finished being deleted, and drops the rest (status patches, metadata-only edits).
+#[derive(Debug, Default)]
+pub struct SpecChanges {
+    seen: HashMap<ObjectRef<ProfileConsumer>, SpecFingerprint>,
+}
+
+impl SpecChanges {
+    /// The object to reconcile for `event`, if any.
+    pub fn admit(&mut self, event: watcher::Event<ProfileConsumer>) -> Option<ProfileConsumer> {
+        match event {
+            // A relist (after a watch desync) reconciles everything once, like a fresh start.
+            watcher::Event::Init => {
+                self.seen.clear();
+                None
+            }
+            watcher::Event::InitDone => None,
+            watcher::Event::Delete(pc) => {
+                self.seen.remove(&ObjectRef::from_obj(&pc));
+                Some(pc)
+            }
+            watcher::Event::Apply(pc) | watcher::Event::InitApply(pc) => {
+                let meta = pc.meta();
+                let fingerprint = (
+                    meta.uid.clone(),
+                    meta.generation,
+                    meta.deletion_timestamp.is_some(),
+                );
+                let previous = self
+                    .seen
+                    .insert(ObjectRef::from_obj(&pc), fingerprint.clone());
+                (previous != Some(fingerprint)).then_some(pc)
+            }
+        }
+    }
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -528,7 +590,15 @@ pub async fn run(
     };
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
-    Controller::new(consumers, watcher::Config::default().any_semantic())
+    // The store sees every event (the reconciler reads the latest object from it); only the
+    // trigger is filtered.
+    let (store, writer) = reflector::store();
+    let mut changes = SpecChanges::default();
+    let triggers = watcher(consumers, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .try_filter_map(move |event| future::ready(Ok(changes.admit(event))));
+    Controller::for_stream(triggers, store)
         .owns(deployments, owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::crd::{Autoscaling, ProfileConsumer, ProfileConsumerSpec, ProfileConsumerStatus};
-use crate::deployment::tests::{resource, settings, spec};
+use crate::deployment::tests::{list_map_duplicates, resource, settings, spec};
 use crate::lag::{GroupLag, LagReader};
 
 type ApiServerHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -54,13 +54,14 @@ enum Scenario {
         ready: i32,
         events: Vec<&'static str>,
     },
-    /// List (answered with `siblings`), delete the Deployment (404: it never existed), publish a
-    /// `GroupConflict` Event, patch the status.
+    /// List (answered with `siblings`), publish a `GroupConflict` Event, patch the status; no
+    /// Deployment request at all.
     GroupConflict { siblings: Vec<ProfileConsumer> },
     /// Publish an `InvalidSpec` Event and patch the status; nothing else.
     InvalidSpec,
-    /// List, then the Deployment apply fails with a 500, then a `ReconcileFailed` Event.
-    ApplyFails,
+    /// List, then the Deployment apply fails with a 500 saying `message`, then a
+    /// `ReconcileFailed` Event.
+    ApplyFails { message: String },
 }
 
 /// What the reconciler sent.
@@ -85,7 +86,7 @@ impl ApiServerVerifier {
                     events,
                 } => {
                     v.list(siblings).await;
-                    sent.deployment = Some(v.apply_deployment(&pc, Some(ready)).await);
+                    sent.deployment = Some(v.apply_deployment(&pc, Ok(ready)).await);
                     for reason in events {
                         sent.events.push(v.event(reason).await);
                     }
@@ -93,7 +94,6 @@ impl ApiServerVerifier {
                 }
                 Scenario::GroupConflict { siblings } => {
                     v.list(siblings).await;
-                    v.delete_missing_deployment(&pc).await;
                     sent.events.push(v.event("GroupConflict").await);
                     sent.status = Some(v.status(&pc).await);
                 }
@@ -101,9 +101,9 @@ impl ApiServerVerifier {
                     sent.events.push(v.event("InvalidSpec").await);
                     sent.status = Some(v.status(&pc).await);
                 }
-                Scenario::ApplyFails => {
+                Scenario::ApplyFails { message } => {
                     v.list(vec![]).await;
-                    v.apply_deployment(&pc, None).await;
+                    v.apply_deployment(&pc, Err(message)).await;
                     sent.events.push(v.event("ReconcileFailed").await);
                 }
             }
@@ -150,8 +150,12 @@ impl ApiServerVerifier {
         assert!(query.contains("force=true"), "{query}");
     }
 
-    /// Answers with the applied Deployment plus `ready` ready replicas, or a 500 when `None`.
-    async fn apply_deployment(&mut self, pc: &ProfileConsumer, ready: Option<i32>) -> Deployment {
+    /// Answers with the applied Deployment plus `ready` ready replicas, or a 500 with the message.
+    async fn apply_deployment(
+        &mut self,
+        pc: &ProfileConsumer,
+        ready: Result<i32, String>,
+    ) -> Deployment {
         let (request, send) = self.next().await;
         Self::assert_apply(&request);
         assert_eq!(
@@ -164,7 +168,7 @@ impl ApiServerVerifier {
         let body = request.into_body().collect_bytes().await.unwrap();
         let mut deployment: Deployment = serde_json::from_slice(&body).unwrap();
         match ready {
-            Some(ready) => {
+            Ok(ready) => {
                 let mut answer = deployment.clone();
                 answer.status = Some(DeploymentStatus {
                     replicas: Some(ready),
@@ -174,29 +178,13 @@ impl ApiServerVerifier {
                 });
                 send.send_response(json_response(StatusCode::OK, &answer));
             }
-            None => send.send_response(json_response(
+            Err(message) => send.send_response(json_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                &status_body(500, "InternalError", "etcd is down"),
+                &status_body(500, "InternalError", &message),
             )),
         }
         deployment.status = None;
         deployment
-    }
-
-    async fn delete_missing_deployment(&mut self, pc: &ProfileConsumer) {
-        let (request, send) = self.next().await;
-        assert_eq!(request.method(), Method::DELETE);
-        assert_eq!(
-            request.uri().path(),
-            format!(
-                "/apis/apps/v1/namespaces/default/deployments/profile-consumer-{}",
-                pc.name_any()
-            )
-        );
-        send.send_response(json_response(
-            StatusCode::NOT_FOUND,
-            &status_body(404, "NotFound", "deployments.apps not found"),
-        ));
     }
 
     async fn event(&mut self, reason: &str) -> Value {
@@ -388,11 +376,25 @@ async fn new_resource_gets_a_deployment_and_a_ready_status() {
         deployment::build(&pc, &settings(), "default.audit", 2).unwrap()
     );
     assert_eq!(replicas_of(&d), Some(2));
+    // Every object the reconciler sends is free of duplicate list-map keys (SSA refuses them).
+    assert_eq!(
+        list_map_duplicates(&serde_json::to_value(&d).unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        list_map_duplicates(&serde_json::to_value(sent.status.as_ref().unwrap()).unwrap()),
+        Vec::<String>::new()
+    );
     assert_eq!(env_of(&d, "KAFKA_GROUP_ID").unwrap(), "default.audit");
 
     let status = sent.status.unwrap();
     assert_eq!(status.observed_generation, Some(1));
     assert_eq!(status.group_id.as_deref(), Some("default.audit"));
+    // What an HPA reads through the scale subresource: exactly the Deployment's selector.
+    assert_eq!(
+        status.selector.as_deref(),
+        Some("app.kubernetes.io/instance=audit,app.kubernetes.io/name=profile-consumer")
+    );
     assert_eq!(
         (
             status.desired_replicas,
@@ -629,6 +631,56 @@ async fn later_resource_on_the_same_group_with_other_topics_is_degraded_without_
 }
 
 #[tokio::test]
+async fn resource_losing_its_group_keeps_its_deployment_untouched_and_is_refused() {
+    // It ran before the rival appeared (status: 2 replicas); the operator neither deletes nor
+    // changes its Deployment, it only reports the conflict.
+    let first = in_group("first", "shared", "user-events", 600);
+    let mut later = reconciled(
+        in_group("later", "shared", "admin-events", 60),
+        2,
+        seconds_ago(60),
+    );
+    later.metadata.generation = Some(2);
+    let (result, sent, _) = reconcile_with(
+        later.clone(),
+        lag(0, 1),
+        Scenario::GroupConflict {
+            siblings: vec![first, later],
+        },
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+    assert!(sent.deployment.is_none());
+    let status = sent.status.unwrap();
+    assert_condition(&status, "Degraded", "True", "GroupConflict");
+    assert_condition(&status, "Ready", "False", "GroupConflict");
+    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(sent.events[0]["reason"], "GroupConflict");
+}
+
+#[tokio::test]
+async fn long_event_notes_are_cut_to_the_api_servers_limit_on_a_char_boundary() {
+    // The API server refuses an Event whose note exceeds 1 kB (and the Event is lost).
+    let message = format!("admission webhook refused: {}", "é".repeat(1500));
+    let (_, sent, _) = reconcile_with(
+        resource("audit", spec()),
+        lag(0, 1),
+        Scenario::ApplyFails {
+            message: message.clone(),
+        },
+    )
+    .await;
+    let note = sent.events[0]["note"].as_str().unwrap();
+    assert!(note.len() <= 1024, "note of {} bytes", note.len());
+    assert!(
+        note.len() > 1000,
+        "cut far more than needed: {} bytes",
+        note.len()
+    );
+    assert!(note.contains("admission webhook refused"), "{note}");
+}
+
+#[tokio::test]
 async fn earlier_resource_keeps_its_group() {
     let first = in_group("first", "shared", "user-events", 600);
     let later = in_group("later", "shared", "admin-events", 60);
@@ -679,7 +731,14 @@ async fn invalid_spec_is_degraded_and_nothing_else_is_touched() {
 #[tokio::test]
 async fn failed_apply_is_reported_counted_and_retried_with_backoff() {
     let pc = resource("audit", spec());
-    let (result, sent, ctx) = reconcile_with(pc.clone(), lag(0, 1), Scenario::ApplyFails).await;
+    let (result, sent, ctx) = reconcile_with(
+        pc.clone(),
+        lag(0, 1),
+        Scenario::ApplyFails {
+            message: "etcd is down".into(),
+        },
+    )
+    .await;
     let error = result.unwrap_err();
     assert_eq!(error.metric_label(), "kube");
     assert_eq!(sent.events[0]["type"], "Warning");
@@ -700,6 +759,75 @@ async fn failed_apply_is_reported_counted_and_retried_with_backoff() {
         })
         .get();
     assert_eq!(failures, 2);
+}
+
+#[test]
+fn event_notes_fit_the_limit_and_are_cut_on_a_char_boundary() {
+    assert_eq!(truncate_note("short".into()), "short");
+    let exact = "x".repeat(MAX_NOTE_BYTES);
+    assert_eq!(truncate_note(exact.clone()), exact);
+    for filler in ["é", "€", "𝄞", "x"] {
+        let long = format!("a{}", filler.repeat(2000));
+        let cut = truncate_note(long.clone());
+        assert!(cut.len() <= MAX_NOTE_BYTES, "{filler}: {} bytes", cut.len());
+        assert!(
+            cut.len() > MAX_NOTE_BYTES - 8,
+            "{filler}: {} bytes",
+            cut.len()
+        );
+        assert!(cut.ends_with('…'));
+        assert!(long.starts_with(cut.trim_end_matches('…')));
+    }
+}
+
+/// The predicate as a pure function over a sequence of watch events.
+#[test]
+fn only_new_resources_spec_changes_and_deletions_pass_the_trigger_filter() {
+    use kube::runtime::watcher::Event;
+    let mut changes = SpecChanges::default();
+    let pc = resource("audit", spec());
+    let with = |generation: i64, lag: Option<i64>| {
+        let mut pc = pc.clone();
+        pc.metadata.generation = Some(generation);
+        pc.status = Some(ProfileConsumerStatus {
+            lag,
+            ..ProfileConsumerStatus::default()
+        });
+        pc
+    };
+    let passed = |changes: &mut SpecChanges, event| changes.admit(event).is_some();
+    assert!(!passed(&mut changes, Event::Init));
+    assert!(
+        passed(&mut changes, Event::InitApply(with(1, None))),
+        "first sight"
+    );
+    assert!(!passed(&mut changes, Event::InitDone));
+    for lag in 0..10 {
+        assert!(
+            !passed(&mut changes, Event::Apply(with(1, Some(lag)))),
+            "status patch (lag {lag}) passed"
+        );
+    }
+    assert!(
+        passed(&mut changes, Event::Apply(with(2, Some(9)))),
+        "spec change"
+    );
+    assert!(!passed(&mut changes, Event::Apply(with(2, Some(3)))));
+    let mut deleting = with(2, Some(3));
+    deleting.metadata.deletion_timestamp = Some(seconds_ago(0));
+    assert!(
+        passed(&mut changes, Event::Apply(deleting.clone())),
+        "deletion started"
+    );
+    assert!(passed(&mut changes, Event::Delete(deleting)), "deleted");
+    // Recreated under the same name: generation 1 again, a new uid.
+    let mut recreated = with(1, None);
+    recreated.metadata.uid = Some("uid-new".into());
+    assert!(passed(&mut changes, Event::Apply(recreated.clone())));
+    assert!(!passed(&mut changes, Event::Apply(recreated.clone())));
+    // After a relist everything is reconciled once more.
+    assert!(!passed(&mut changes, Event::Init));
+    assert!(passed(&mut changes, Event::InitApply(recreated)));
 }
 
 #[test]
@@ -733,5 +861,257 @@ async fn missing_crd_stops_start_up_with_install_instructions() {
         error
             .to_string()
             .contains("kubectl apply -f manifests/crd/")
+    );
+}
+
+/// Response body of the fake API server: whole, or a watch stream that stays open.
+type FakeBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::convert::Infallible>;
+
+fn whole(status: StatusCode, body: &impl serde::Serialize) -> Response<FakeBody> {
+    use http_body_util::BodyExt;
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(
+            http_body_util::Full::new(bytes::Bytes::from(serde_json::to_vec(body).unwrap()))
+                .boxed_unsync(),
+        )
+        .unwrap()
+}
+
+/// An API server holding one ProfileConsumer, for the whole controller: it answers lists and
+/// watches, and like the real one bumps the resourceVersion on each status patch and sends the
+/// object back on the open watches as a MODIFIED event (same generation: the spec did not change).
+struct FakeApiServer {
+    pc: ProfileConsumer,
+    resource_version: u64,
+    consumer_watches: Vec<http_body_util::channel::Sender<bytes::Bytes>>,
+    deployment_watches: Vec<http_body_util::channel::Sender<bytes::Bytes>>,
+    /// When each reconcile ended (its status patch), since the start.
+    status_patches: Vec<Duration>,
+    /// When each Deployment apply came, and its replicas.
+    applies: Vec<(Duration, Option<i32>)>,
+}
+
+impl FakeApiServer {
+    fn new(pc: ProfileConsumer) -> Self {
+        Self {
+            pc,
+            resource_version: 1,
+            consumer_watches: vec![],
+            deployment_watches: vec![],
+            status_patches: vec![],
+            applies: vec![],
+        }
+    }
+
+    fn bump(&mut self) {
+        self.resource_version += 1;
+        self.pc.metadata.resource_version = Some(self.resource_version.to_string());
+    }
+
+    async fn broadcast(
+        watches: &mut Vec<http_body_util::channel::Sender<bytes::Bytes>>,
+        event: Value,
+    ) {
+        let mut line = serde_json::to_vec(&event).unwrap();
+        line.push(b'\n');
+        let mut open = vec![];
+        for mut watch in watches.drain(..) {
+            if watch
+                .send_data(bytes::Bytes::from(line.clone()))
+                .await
+                .is_ok()
+            {
+                open.push(watch);
+            }
+        }
+        *watches = open;
+    }
+
+    /// A user edits the spec: a new generation, sent on the watches.
+    async fn change_spec(&mut self, replicas: i32) {
+        self.pc.spec.replicas = Some(replicas);
+        self.pc.metadata.generation = self.pc.metadata.generation.map(|g| g + 1);
+        self.bump();
+        let event = json!({"type": "MODIFIED", "object": self.pc});
+        Self::broadcast(&mut self.consumer_watches, event).await;
+    }
+
+    /// The owned Deployment changes (e.g. a pod became ready): a MODIFIED metadata event.
+    async fn change_deployment(&mut self) {
+        self.resource_version += 1;
+        let owner = self.pc.controller_owner_ref(&()).unwrap();
+        let event = json!({"type": "MODIFIED", "object": {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {
+                "name": self.pc.deployment_name(), "namespace": "default", "uid": "uid-deployment",
+                "resourceVersion": self.resource_version.to_string(), "generation": 1,
+                "labels": {"app.kubernetes.io/managed-by": "profile-operator"},
+                "ownerReferences": [owner],
+            },
+        }});
+        Self::broadcast(&mut self.deployment_watches, event).await;
+    }
+
+    fn watch() -> (
+        http_body_util::channel::Sender<bytes::Bytes>,
+        Response<FakeBody>,
+    ) {
+        use http_body_util::BodyExt;
+        let (sender, body) = http_body_util::Channel::<bytes::Bytes>::new(64);
+        let response = Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(body.boxed_unsync())
+            .unwrap();
+        (sender, response)
+    }
+
+    async fn answer(&mut self, request: Request<Body>, elapsed: Duration) -> Response<FakeBody> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let watching = query.contains("watch=true");
+        let consumers = "/apis/statecast.dev/v1alpha1/namespaces/default/profileconsumers";
+        let deployments = "/apis/apps/v1/namespaces/default/deployments";
+        let list_meta = json!({"resourceVersion": self.resource_version.to_string()});
+        match (method, path.as_str()) {
+            (Method::GET, p) if p == consumers && watching => {
+                let (sender, response) = Self::watch();
+                self.consumer_watches.push(sender);
+                response
+            }
+            (Method::GET, p) if p == consumers => whole(
+                StatusCode::OK,
+                &json!({
+                    "apiVersion": "statecast.dev/v1alpha1", "kind": "ProfileConsumerList",
+                    "metadata": list_meta, "items": [self.pc],
+                }),
+            ),
+            (Method::GET, p) if p == deployments && watching => {
+                let (sender, response) = Self::watch();
+                self.deployment_watches.push(sender);
+                response
+            }
+            (Method::GET, p) if p == deployments => whole(
+                StatusCode::OK,
+                &json!({
+                    "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                    "metadata": list_meta, "items": [],
+                }),
+            ),
+            (Method::PATCH, p) if p.starts_with(deployments) => {
+                let body = request.into_body().collect_bytes().await.unwrap();
+                let mut deployment: Deployment = serde_json::from_slice(&body).unwrap();
+                let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
+                self.applies.push((elapsed, replicas));
+                deployment.status = Some(DeploymentStatus {
+                    replicas,
+                    ready_replicas: replicas,
+                    updated_replicas: replicas,
+                    ..DeploymentStatus::default()
+                });
+                whole(StatusCode::OK, &deployment)
+            }
+            (Method::PATCH, p) if p == format!("{consumers}/{}/status", self.pc.name_any()) => {
+                let body = request.into_body().collect_bytes().await.unwrap();
+                let patch: Value = serde_json::from_slice(&body).unwrap();
+                self.pc.status = Some(serde_json::from_value(patch["status"].clone()).unwrap());
+                self.bump();
+                self.status_patches.push(elapsed);
+                let event = json!({"type": "MODIFIED", "object": self.pc});
+                Self::broadcast(&mut self.consumer_watches, event).await;
+                whole(StatusCode::OK, &self.pc)
+            }
+            (Method::POST | Method::PATCH, p) if p.starts_with("/apis/events.k8s.io/") => {
+                let body = request.into_body().collect_bytes().await.unwrap();
+                let event: Value = serde_json::from_slice(&body).unwrap_or_default();
+                whole(StatusCode::CREATED, &event)
+            }
+            (method, _) => panic!("unexpected request {method} {path}?{query}"),
+        }
+    }
+}
+
+/// The whole controller (watches, predicate, scheduler) against [`FakeApiServer`], on paused
+/// time: reconciles over 95 s are bounded by the resync (0, 30, 60, 90 s) plus one per real
+/// change, however many status patches come back as watch events.
+#[tokio::test(start_paused = true)]
+async fn status_patches_echoed_by_the_watch_do_not_retrigger_reconciles() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<FakeBody>>();
+    let mut ctx = Context::new(
+        Client::new(service, "default"),
+        settings(),
+        Arc::new(lag(0, 3)),
+        Reporter {
+            controller: "profile-operator".into(),
+            instance: Some("test".into()),
+        },
+        Metrics::default(),
+    );
+    ctx.now = now;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(run(Arc::new(ctx), Some("default"), async move {
+        let _ = stopped.await;
+    }));
+
+    let mut server = FakeApiServer::new(resource("audit", spec()));
+    let start = tokio::time::Instant::now();
+    let window = Duration::from_secs(95);
+    let spec_change_at = Duration::from_secs(40);
+    let deployment_change_at = Duration::from_secs(80);
+    let mut pending = vec![deployment_change_at, spec_change_at];
+    loop {
+        let deadline = start + pending.last().copied().unwrap_or(window);
+        match tokio::time::timeout_at(deadline, handle.next_request()).await {
+            Ok(Some((request, send))) => {
+                let response = server.answer(request, start.elapsed()).await;
+                send.send_response(response);
+            }
+            Ok(None) => panic!("the controller stopped"),
+            Err(_) => match pending.pop() {
+                Some(at) if at == spec_change_at => server.change_spec(3).await,
+                Some(_) => server.change_deployment().await,
+                None => break,
+            },
+        }
+        assert!(
+            server.status_patches.len() <= 20,
+            "reconciling in a loop: {} reconciles by {:?}",
+            server.status_patches.len(),
+            start.elapsed()
+        );
+    }
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), controller).await;
+
+    let reconciles = &server.status_patches;
+    let resyncs = 1 + (window.as_secs() / RESYNC.as_secs()) as usize;
+    assert!(
+        reconciles.len() <= resyncs + 2,
+        "{} reconciles in {window:?}: {reconciles:?}",
+        reconciles.len()
+    );
+    assert!(reconciles.len() >= 3, "resync stopped: {reconciles:?}");
+    // The spec change (replicas 3) was applied at once, not only at the next resync.
+    let applied_new_spec = server
+        .applies
+        .iter()
+        .find(|(_, replicas)| *replicas == Some(3))
+        .map(|(at, _)| *at);
+    assert!(
+        applied_new_spec
+            .is_some_and(|at| at >= spec_change_at && at < spec_change_at + Duration::from_secs(1)),
+        "spec change applied at {applied_new_spec:?}: {:?}",
+        server.applies
+    );
+    // A change of the owned Deployment triggers a reconcile too.
+    assert!(
+        reconciles
+            .iter()
+            .any(|at| *at >= deployment_change_at
+                && *at < deployment_change_at + Duration::from_secs(1)),
+        "no reconcile after the Deployment changed: {reconciles:?}"
     );
 }
