@@ -111,6 +111,7 @@ CONSUMER = obj("One ProfileConsumer (statecast.dev/v1alpha1).", {
     "resources": resources("Consumer container resources."),
     "dlqTopic": s("Dead-letter topic; default <first topic>.dlq."),
     "paused": b("Scale the consumer to zero without deleting it."),
+    "startPosition": s("Where a new group starts: earliest (history) or latest (only new events); default latest for email, earliest otherwise.", enum=["earliest", "latest"]),
 }, required=["name", "handler", "groupId", "topics"])
 
 SCHEMA = {

@@ -45,6 +45,39 @@ impl HandlerKind {
     }
 }
 
+/// Where a consumer group that has no committed offset for a partition starts reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StartPosition {
+    /// From the oldest retained record: the group sees the retained history.
+    Earliest,
+    /// From the end at the moment the group first owns the partition; that position is
+    /// committed at once, so a group that restarts before consuming anything still misses
+    /// nothing produced after its first start.
+    Latest,
+}
+
+impl StartPosition {
+    /// The name used in `KAFKA_START_POSITION`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+        }
+    }
+}
+
+impl HandlerKind {
+    /// The start position of a new group when `KAFKA_START_POSITION` is not set: a new `email`
+    /// group must not mail every user about the retained history, so it starts at the end; the
+    /// other handlers rebuild their state from the history.
+    pub fn default_start_position(self) -> StartPosition {
+        match self {
+            Self::Email => StartPosition::Latest,
+            Self::Audit | Self::Analytics | Self::CacheRefresh => StartPosition::Earliest,
+        }
+    }
+}
+
 /// The consumer's configuration.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "profile-consumer", version, about)]
@@ -121,6 +154,11 @@ pub struct Config {
     #[arg(long, env = "CACHE_TOMBSTONE_TTL_SECONDS", default_value_t = 86_400)]
     pub cache_tombstone_ttl_seconds: u64,
 
+    /// Where a new group (no committed offset) starts: `earliest` or `latest`; by default
+    /// `latest` for `email`, `earliest` for the others. Ignored once the group has committed.
+    #[arg(long, env = "KAFKA_START_POSITION", value_enum)]
+    pub kafka_start_position: Option<StartPosition>,
+
     /// Kafka `session.timeout.ms`: how fast a dead replica's partitions move to another.
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_session_timeout_ms: u32,
@@ -156,6 +194,7 @@ impl Config {
             cache_ttl_seconds: 3600,
             cache_stale_grace_seconds: 60,
             cache_tombstone_ttl_seconds: 86_400,
+            kafka_start_position: None,
             kafka_session_timeout_ms: 10_000,
             kafka_statistics_interval_ms: 5000,
         }
@@ -182,6 +221,12 @@ impl Config {
                     .unwrap_or(DEFAULT_TOPIC)
             ),
         }
+    }
+
+    /// `KAFKA_START_POSITION`, or the handler's default.
+    pub fn start_position(&self) -> StartPosition {
+        self.kafka_start_position
+            .unwrap_or_else(|| self.consumer_handler.default_start_position())
     }
 
     /// Attempts per record, at least one.
@@ -247,6 +292,33 @@ impl Config {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn a_new_email_group_starts_at_the_end_and_the_others_at_the_beginning() {
+        let mut config = Config::new("b", "g", vec!["t".into()], HandlerKind::Email);
+        assert_eq!(config.start_position(), StartPosition::Latest);
+        for handler in [
+            HandlerKind::Audit,
+            HandlerKind::Analytics,
+            HandlerKind::CacheRefresh,
+        ] {
+            config.consumer_handler = handler;
+            assert_eq!(config.start_position(), StartPosition::Earliest);
+        }
+        config.kafka_start_position = Some(StartPosition::Latest);
+        assert_eq!(config.start_position(), StartPosition::Latest);
+        let parsed = Config::try_parse_from([
+            "c",
+            "--kafka-group-id",
+            "g",
+            "--consumer-handler",
+            "email",
+            "--kafka-start-position",
+            "earliest",
+        ])
+        .unwrap();
+        assert_eq!(parsed.start_position(), StartPosition::Earliest);
+    }
 
     #[test]
     fn dlq_topic_defaults_to_first_topic_dot_dlq() {

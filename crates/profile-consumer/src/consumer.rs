@@ -29,11 +29,11 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
-use rdkafka::{Message, Statistics, TopicPartitionList};
+use rdkafka::{Message, Offset, Statistics, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, StartPosition};
 use crate::dlq;
 use crate::handlers::Handler;
 use crate::metrics::Metrics;
@@ -101,6 +101,7 @@ async fn consume(
         health: health.clone(),
         metrics: metrics.clone(),
         assignment: assignment.clone(),
+        start: config.start_position(),
     };
     let consumer: Arc<StreamConsumer<Context>> =
         Arc::new(consumer_config(config).create_with_context(context)?);
@@ -117,6 +118,7 @@ async fn consume(
         group = %config.kafka_group_id,
         topics = ?topics,
         handler = config.consumer_handler.as_str(),
+        start_position = config.start_position().as_str(),
         "consuming"
     );
 
@@ -294,6 +296,52 @@ async fn close(consumer: Arc<StreamConsumer<Context>>) -> Result<()> {
     .map_err(|e| Error::Task(e.to_string()))
 }
 
+/// For partitions the group has never committed, commits their current end, before they are
+/// assigned: the group then starts there, and keeps starting there after a restart, instead of
+/// re-reading the retained history (`earliest`) or skipping what came while it was down (a plain
+/// `latest` reset, which is re-evaluated at every start until something is committed).
+fn pin_new_partitions_at_the_end(
+    consumer: &BaseConsumer<Context>,
+    partitions: &TopicPartitionList,
+) {
+    let timeout = Duration::from_secs(10);
+    let committed = match consumer.committed_offsets(partitions.clone(), timeout) {
+        Ok(committed) => committed,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read committed offsets; new partitions start from the beginning");
+            return;
+        }
+    };
+    let mut pinned = TopicPartitionList::new();
+    for element in committed.elements() {
+        if matches!(element.offset(), Offset::Offset(_)) {
+            continue;
+        }
+        match consumer.fetch_watermarks(element.topic(), element.partition(), timeout) {
+            Ok((_, high)) => {
+                let _ = pinned.add_partition_offset(
+                    element.topic(),
+                    element.partition(),
+                    Offset::Offset(high),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, partition = element.partition(), "cannot read the end of a new partition")
+            }
+        }
+    }
+    if pinned.count() == 0 {
+        return;
+    }
+    match consumer.commit(&pinned, CommitMode::Sync) {
+        Ok(()) => tracing::info!(
+            partitions = pinned.count(),
+            "new group: starting at the current end (KAFKA_START_POSITION=latest)"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot commit the start position of new partitions"),
+    }
+}
+
 /// Synchronously commits the stored offsets; nothing stored is not an error.
 fn commit_stored<C: Consumer<Context>>(consumer: &C) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -311,6 +359,8 @@ fn consumer_config(config: &Config) -> ClientConfig {
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "1000")
+        // For `latest` the position is pinned and committed on assignment (Context), before
+        // librdkafka looks for a committed offset; `earliest` is the reset in both cases.
         .set("auto.offset.reset", "earliest")
         // librdkafka waits up to 500 ms for a fetch to fill by default; a change event should not
         // wait for company (measured: propagation p50 ~350 ms with the default, see
@@ -352,6 +402,7 @@ pub(crate) struct Context {
     health: Arc<Health>,
     metrics: Metrics,
     assignment: Arc<Assignment>,
+    start: StartPosition,
 }
 
 impl ClientContext for Context {
@@ -362,6 +413,11 @@ impl ClientContext for Context {
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance
+            && self.start == StartPosition::Latest
+        {
+            pin_new_partitions_at_the_end(consumer, partitions);
+        }
         if let Rebalance::Revoke(partitions) = rebalance {
             tracing::info!(
                 partitions = partitions.count(),

@@ -31,7 +31,7 @@ pub mod retry;
 pub mod store;
 pub mod telemetry;
 
-pub use config::{Config, HandlerKind};
+pub use config::{Config, HandlerKind, StartPosition};
 pub use consumer::run;
 
 /// Everything that can stop the consumer (start-up and fatal errors). Per-record failures are

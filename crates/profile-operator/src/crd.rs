@@ -100,6 +100,31 @@ pub struct ProfileConsumerSpec {
     /// Stop all consumer pods (replicas 0) without deleting the resource; offsets are kept.
     #[serde(default)]
     pub paused: bool,
+
+    /// Where the group starts reading a partition it has never committed: `earliest` (the
+    /// retained history) or `latest` (only what is produced after the group first starts).
+    /// Defaults per handler: `latest` for `email` (a new or renamed group must not mail every
+    /// user again), `earliest` for the others. No effect once the group has committed offsets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_position: Option<StartPosition>,
+}
+
+/// `spec.startPosition` (`KAFKA_START_POSITION` of the consumers).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartPosition {
+    Earliest,
+    Latest,
+}
+
+impl StartPosition {
+    /// The value of `KAFKA_START_POSITION`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+        }
+    }
 }
 
 /// Which processing the consumer pods run (`CONSUMER_HANDLER`).

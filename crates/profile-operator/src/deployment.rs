@@ -144,6 +144,9 @@ pub fn consumer_env(pc: &ProfileConsumer, settings: &Settings, group_id: &str) -
     if let Some(dlq) = &spec.dlq_topic {
         vars.push(env("DLQ_TOPIC", dlq));
     }
+    if let Some(start) = spec.start_position {
+        vars.push(env("KAFKA_START_POSITION", start.as_str()));
+    }
     vars.push(env("METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")));
     vars.extend(
         SECRET_KEYS
@@ -321,6 +324,7 @@ pub(crate) mod tests {
             resources: None,
             dlq_topic: None,
             paused: false,
+            start_position: None,
         }
     }
 
@@ -591,6 +595,19 @@ pub(crate) mod tests {
             value: Some(value.into()),
             value_from: None,
         }
+    }
+
+    #[test]
+    fn the_start_position_reaches_the_consumers_only_when_set() {
+        let mut s = spec();
+        let d = build(&resource("cr", s.clone()), &settings(), "g", 1).unwrap();
+        assert_eq!(env_value(&d, "KAFKA_START_POSITION"), None);
+        s.start_position = Some(crate::crd::StartPosition::Latest);
+        let d = build(&resource("cr", s), &settings(), "g", 1).unwrap();
+        assert_eq!(
+            env_value(&d, "KAFKA_START_POSITION").as_deref(),
+            Some("latest")
+        );
     }
 
     #[test]

@@ -117,3 +117,47 @@ async fn two_replicas_in_one_group_split_the_partitions_and_process_each_event_o
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_new_group_starting_at_latest_skips_the_history_and_keeps_its_start_across_a_restart() {
+    let db = statecast_testkit::fresh_database().await.unwrap();
+    let topic = support::topic("latest", 2).await;
+    let producer = support::producer();
+    let produce = |from: usize, n: usize| {
+        let (producer, topic) = (&producer, &topic);
+        async move {
+            for i in from..from + n {
+                let event = support::event(
+                    EventType::UserCreated,
+                    &format!("l{i}"),
+                    1,
+                    "l@example.com",
+                    "PT",
+                );
+                support::produce(producer, topic, &event).await;
+            }
+        }
+    };
+    produce(0, 5).await; // history the new group must not see
+    let mut config = support::config(&topic, HandlerKind::Audit, Some(&db));
+    config.kafka_start_position = Some(profile_consumer::StartPosition::Latest);
+    let first = Running::ready(config.clone()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.stop().await; // it consumed nothing, yet its start is kept
+    produce(5, 3).await; // while the group is down
+    config.metrics_addr = support::free_addr();
+    let second = Running::ready(config).await;
+    produce(8, 2).await;
+    second.wait_records("processed", 5.0).await;
+    let pool = support::pool(&db).await;
+    let users: Vec<String> = sqlx::query_scalar("select user_id from audit_log order by user_id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        users,
+        ["l5", "l6", "l7", "l8", "l9"],
+        "after the first start, nothing else"
+    );
+    second.stop().await;
+}
