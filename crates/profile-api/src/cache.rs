@@ -162,9 +162,13 @@ fn lock_key(id: &str) -> String {
 }
 
 impl Cache {
-    /// A lazily connecting client: the API starts even when Redis is down.
-    pub(crate) fn new(url: &str, timeout: Duration, ttls: CacheTtls) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url)?;
+    /// A lazily connecting client: the API starts even when Redis is down. `client` comes
+    /// from `connect::redis_client` (URL, TLS).
+    pub(crate) fn new(
+        client: redis::Client,
+        timeout: Duration,
+        ttls: CacheTtls,
+    ) -> Result<Self, CacheError> {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -392,7 +396,12 @@ mod tests {
             lock: Duration::from_secs(2),
             marker,
         };
-        Cache::new(&url, Duration::from_secs(2), ttls).unwrap()
+        Cache::new(
+            redis::Client::open(url).unwrap(),
+            Duration::from_secs(2),
+            ttls,
+        )
+        .unwrap()
     }
 
     fn profile(id: &str, version: i64) -> Loaded {

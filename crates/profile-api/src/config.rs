@@ -10,16 +10,21 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "profile-api", version, about = "The Statecast Profile API")]
 pub struct Config {
-    /// PostgreSQL, the source of truth.
+    /// PostgreSQL, the source of truth. TLS:
+    /// `?sslmode=verify-full&sslrootcert=/path/ca.pem` (see docs/contracts.md).
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "postgres://statecast:statecast@127.0.0.1:5432/statecast"
     )]
     pub database_url: String,
-    /// Redis, the read cache.
+    /// Redis, the read cache; `rediss://` for TLS.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// PEM of the CA that signed the Redis server's certificate, for a `rediss://` URL; it
+    /// replaces the bundled Mozilla roots.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// Kafka bootstrap servers.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
@@ -105,6 +110,7 @@ impl Config {
         Self {
             database_url: database_url.to_owned(),
             redis_url: redis_url.to_owned(),
+            redis_ca_file: None,
             kafka_brokers: brokers.to_owned(),
             events_topic: topic.to_owned(),
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -8,6 +8,8 @@
 //!
 //! # Layout
 //! - [`config`]: [`Config`], every knob as flag + env var (`.env.sample` lists them).
+//! - `connect`: the PostgreSQL pool and the Redis client from their URLs, TLS included, and
+//!   start-up errors naming the variable to fix ([`ConnectError`]).
 //! - `routes`: router, handlers, layers (server spans, metrics, timeout, body limit) and
 //!   problem-aware extractors.
 //! - [`problem`]: [`problem::ApiError`], the one error enum, as RFC 9457 problem+json.
@@ -41,6 +43,7 @@
 
 pub mod auth;
 pub mod config;
+mod connect;
 pub mod metrics;
 pub mod model;
 pub mod openapi;
@@ -65,6 +68,7 @@ use tracing::Instrument as _;
 
 pub use cache::CacheError;
 pub use config::Config;
+pub use connect::ConnectError;
 pub use metrics::Metrics;
 pub use routes::BODY_LIMIT;
 
@@ -80,6 +84,10 @@ pub enum Error {
     /// The Redis URL is invalid.
     #[error("cannot set up the Redis client: {0}")]
     Cache(#[from] cache::CacheError),
+    /// PostgreSQL or Redis cannot be used as configured (unreachable PostgreSQL, bad URL, a
+    /// TLS certificate that does not verify); the message names the variable.
+    #[error("{0}")]
+    Connect(#[from] connect::ConnectError),
     /// Serving HTTP failed.
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
@@ -194,11 +202,13 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 /// connecting Redis client. Kafka is only contacted by the relay.
 pub async fn build(config: Config) -> Result<App> {
     let auth = Arc::new(auth::Auth::new(&config.auth_settings())?);
-    let pool = PgPoolOptions::new()
-        .max_connections(config.db_pool_size)
-        .acquire_timeout(Duration::from_millis(config.db_acquire_timeout_ms))
-        .connect(&config.database_url)
-        .await?;
+    let pool = connect::pg_pool(
+        &config.database_url,
+        PgPoolOptions::new()
+            .max_connections(config.db_pool_size)
+            .acquire_timeout(Duration::from_millis(config.db_acquire_timeout_ms)),
+    )
+    .await?;
     migrate(&pool).await?;
     let ttls = cache::CacheTtls {
         ttl: config.cache_ttl(),
@@ -207,7 +217,11 @@ pub async fn build(config: Config) -> Result<App> {
         lock: config.lock_ttl(),
         marker: (config.request_timeout() * 3).max(Duration::from_secs(30)),
     };
-    let cache = cache::Cache::new(&config.redis_url, config.redis_timeout(), ttls)?;
+    let redis = connect::redis_client(&config.redis_url, config.redis_ca_file.as_deref())?;
+    // Redis being down only degrades the API, but a TLS certificate that does not verify is a
+    // configuration error: find out now and refuse to start, naming REDIS_URL / REDIS_CA_FILE.
+    connect::check_redis_tls(&redis, config.redis_timeout().max(Duration::from_secs(1))).await?;
+    let cache = cache::Cache::new(redis, config.redis_timeout(), ttls)?;
     Ok(App {
         state: Arc::new(AppState {
             config,
