@@ -98,13 +98,19 @@ pub struct Config {
     #[arg(long, env = "CONSUMER_HANDLER", value_enum)]
     pub consumer_handler: HandlerKind,
 
-    /// PostgreSQL; required by `audit`, `analytics` and `email`.
+    /// PostgreSQL; required by `audit`, `analytics` and `email`. TLS:
+    /// `?sslmode=verify-full&sslrootcert=/path/ca.pem` (see docs/contracts.md).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 
-    /// Redis; required by `cache-refresh`.
+    /// Redis; required by `cache-refresh`. `rediss://` for TLS.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// PEM of the CA that signed the Redis server's certificate, for a `rediss://` URL; it
+    /// replaces the bundled Mozilla roots.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
 
     /// SMTP server; required by `email`. `smtp://[user:password@]host[:port]` is plain SMTP
     /// (port 25), `smtp://...?tls=required` upgrades with STARTTLS (port 587) and `smtps://...`
@@ -183,6 +189,7 @@ impl Config {
             consumer_handler,
             database_url: None,
             redis_url: None,
+            redis_ca_file: None,
             smtp_url: None,
             smtp_ca_file: None,
             dlq_topic: None,

@@ -9,6 +9,8 @@
 //!
 //! # Layout
 //! - [`config`]: command line and environment ([`Config`]).
+//! - `connect`: the PostgreSQL pool and the Redis connection from their URLs, TLS included,
+//!   and start-up errors naming the variable to fix ([`ConnectError`]).
 //! - [`consumer`]: the consume loop, rebalance hooks and graceful shutdown ([`run`]).
 //! - `partition`: one worker per assigned partition; where a failure is retried, paused on or
 //!   dead-lettered.
@@ -20,6 +22,7 @@
 //! - [`telemetry`]: the per-record `process {topic}` span and trace-id helpers.
 
 pub mod config;
+mod connect;
 pub mod consumer;
 pub mod dlq;
 pub mod handlers;
@@ -32,6 +35,7 @@ pub mod store;
 pub mod telemetry;
 
 pub use config::{Config, HandlerKind, StartPosition};
+pub use connect::ConnectError;
 pub use consumer::run;
 
 /// Everything that can stop the consumer (start-up and fatal errors). Per-record failures are
@@ -53,6 +57,11 @@ pub enum Error {
     /// Redis could not be reached at start-up.
     #[error("redis error: {0}")]
     Redis(#[from] redis::RedisError),
+
+    /// PostgreSQL or Redis cannot be used as configured (unreachable, bad URL, a TLS
+    /// certificate that does not verify); the message names the variable.
+    #[error("{0}")]
+    Connect(#[from] connect::ConnectError),
 
     /// The Kafka client could not be created or subscribed.
     #[error("kafka error: {0}")]

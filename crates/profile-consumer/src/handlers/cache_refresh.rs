@@ -162,10 +162,9 @@ impl std::fmt::Debug for CacheRefresh {
 }
 
 impl CacheRefresh {
-    /// Connects to Redis at `url`.
-    pub async fn connect(url: &str, ttls: CacheTtls) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let redis = ConnectionManager::new(client).await?;
+    /// Connects `client` (from `REDIS_URL` and `REDIS_CA_FILE`, TLS included).
+    pub async fn connect(client: redis::Client, ttls: CacheTtls) -> Result<Self, crate::Error> {
+        let redis = crate::connect::redis_manager(client).await?;
         Ok(Self {
             redis,
             script: Script::new(SCRIPT),

@@ -195,11 +195,13 @@ impl Handler {
                 .database_url
                 .as_deref()
                 .ok_or_else(|| missing("DATABASE_URL"))?;
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(4)
-                .acquire_timeout(std::time::Duration::from_secs(5))
-                .connect(url)
-                .await?;
+            let pool = crate::connect::pg_pool(
+                url,
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(std::time::Duration::from_secs(5)),
+            )
+            .await?;
             crate::store::migrate(&pool).await?;
             Ok::<_, crate::Error>(pool)
         };
@@ -236,7 +238,8 @@ impl Handler {
                     grace_ms: config.cache_stale_grace_seconds.saturating_mul(1000),
                     tombstone_ms: config.cache_tombstone_ttl_seconds.saturating_mul(1000),
                 };
-                Self::CacheRefresh(cache_refresh::CacheRefresh::connect(url, ttls).await?)
+                let client = crate::connect::redis_client(url, config.redis_ca_file.as_deref())?;
+                Self::CacheRefresh(cache_refresh::CacheRefresh::connect(client, ttls).await?)
             }
         })
     }
