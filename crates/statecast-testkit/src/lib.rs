@@ -13,9 +13,12 @@
 //! - [`FaultProxy`], [`PrivateBroker`]
 //! - [`cel_violations`]: a CRD's CEL rules evaluated offline
 //! - [`oneshot_get`]: a GET answered by an axum router in process
+//! - [`tls`]: the TLS-only PostgreSQL and Redis of the stack ([`tls::TlsStack`]) and a CA that
+//!   signed none of their certificates ([`tls::OtherCa`])
 #![allow(clippy::unwrap_used)]
 
 mod cel_rules;
+pub mod tls;
 
 pub use cel_rules::cel_violations;
 
