@@ -15,3 +15,4 @@ mod groups;
 mod ordering;
 mod spans;
 mod support;
+mod tls;
