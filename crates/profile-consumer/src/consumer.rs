@@ -366,6 +366,9 @@ fn consumer_config(config: &Config) -> ClientConfig {
         // wait for company (measured: propagation p50 ~350 ms with the default, see
         // docs/benchmarks.md).
         .set("fetch.wait.max.ms", "50")
+        // A subscribed topic created after the consumer started (the chart's topic Job runs
+        // once Kafka is up) is seen at the next metadata refresh: 10 s, not librdkafka's 300 s.
+        .set("topic.metadata.refresh.interval.ms", "10000")
         .set(
             "session.timeout.ms",
             config.kafka_session_timeout_ms.to_string(),

@@ -53,6 +53,14 @@ pub fn redis_url() -> String {
     env_or("REDIS_URL", "redis://127.0.0.1:6379")
 }
 
+/// `host:port` of a service URL (`scheme://[user:password@]host:port[/path][?query]`), e.g. to
+/// put a fault proxy in front of the stack's PostgreSQL or Redis, whatever port they are on.
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.split(['/', '?']).next().unwrap_or(rest);
+    rest.rsplit_once('@').map_or(rest, |(_, r)| r).to_owned()
+}
+
 /// The stack's broker (`KAFKA_BROKERS`).
 pub fn kafka_brokers() -> String {
     env_or("KAFKA_BROKERS", "127.0.0.1:9092")
@@ -318,4 +326,19 @@ pub async fn oneshot_get(router: axum::Router, uri: &str) -> (axum::http::Status
         .await
         .unwrap();
     (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_port;
+
+    #[test]
+    fn host_port_is_taken_from_any_service_url() {
+        assert_eq!(
+            host_port("postgres://u:p@127.0.0.1:5433/db?sslmode=disable"),
+            "127.0.0.1:5433"
+        );
+        assert_eq!(host_port("redis://127.0.0.1:6380"), "127.0.0.1:6380");
+        assert_eq!(host_port("smtp://127.0.0.1:2526/"), "127.0.0.1:2526");
+    }
 }
