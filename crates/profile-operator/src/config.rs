@@ -136,7 +136,10 @@ mod tests {
             "--kafka-ssl-ca-location",
             "/nonexistent/ca.pem",
         ]);
-        let error = cli.run.kafka_security().unwrap_err();
+        let error = cli
+            .run
+            .kafka_security()
+            .expect_err("a CA file that does not exist is refused");
         assert_eq!(error.variable(), "KAFKA_SSL_CA_LOCATION");
     }
 }

@@ -1,5 +1,6 @@
 //! The operator's lag reader over SASL/SCRAM + TLS, configured only through the shared Kafka
 //! settings (`statecast-kafka`), against a private secured broker.
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! The shared Kafka settings against a real secured broker ([`SecuredBroker`]: tansu with
 //! SASL/SCRAM, behind a TLS-terminating proxy with a CA made for the test): produce, consume
 //! with a committed group offset, and the refusals a client must see clearly.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
