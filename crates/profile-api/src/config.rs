@@ -23,6 +23,10 @@ pub struct Config {
     /// Kafka bootstrap servers.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
+    /// Kafka security (TLS, SASL) and librdkafka pass-through, shared with every workload
+    /// (`statecast-kafka`); validated by [`crate::build`] before anything connects.
+    #[command(flatten)]
+    pub kafka: statecast_kafka::KafkaSecurityArgs,
     /// Topic the relay publishes profile events to.
     #[arg(long, env = "EVENTS_TOPIC", default_value = "user-events")]
     pub events_topic: String,
@@ -106,6 +110,7 @@ impl Config {
             database_url: database_url.to_owned(),
             redis_url: redis_url.to_owned(),
             kafka_brokers: brokers.to_owned(),
+            kafka: statecast_kafka::KafkaSecurityArgs::default(),
             events_topic: topic.to_owned(),
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             cache_ttl_seconds: 3600,

@@ -86,6 +86,9 @@ pub enum Error {
     /// The authentication settings cannot work (e.g. no key source and no explicit opt-out).
     #[error("{0}")]
     Auth(#[from] auth::AuthConfigError),
+    /// The Kafka settings cannot work (the message names the variable).
+    #[error("{0}")]
+    Kafka(#[from] statecast_kafka::ConfigError),
 }
 
 /// `Result` with [`Error`].
@@ -94,6 +97,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Shared by every handler and the relay.
 pub(crate) struct AppState {
     pub(crate) config: Config,
+    /// Validated from `config.kafka` at start; applied to every producer the relay creates.
+    pub(crate) kafka: statecast_kafka::KafkaSecurity,
     pub(crate) pool: PgPool,
     pub(crate) cache: cache::Cache,
     pub(crate) metrics: Arc<Metrics>,
@@ -190,9 +195,11 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
-/// Connects to PostgreSQL (which must be up), runs the migrations, and sets up the lazily
+/// Validates the Kafka settings, connects to PostgreSQL (which must be up), runs the migrations, and sets up the lazily
 /// connecting Redis client. Kafka is only contacted by the relay.
 pub async fn build(config: Config) -> Result<App> {
+    let kafka = statecast_kafka::KafkaSecurity::from_args(&config.kafka)?;
+    tracing::info!(kafka = ?kafka, "Kafka client settings");
     let auth = Arc::new(auth::Auth::new(&config.auth_settings())?);
     let pool = PgPoolOptions::new()
         .max_connections(config.db_pool_size)
@@ -211,6 +218,7 @@ pub async fn build(config: Config) -> Result<App> {
     Ok(App {
         state: Arc::new(AppState {
             config,
+            kafka,
             pool,
             cache,
             metrics: Arc::new(Metrics::new()),

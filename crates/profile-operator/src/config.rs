@@ -40,6 +40,11 @@ pub struct RunArgs {
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
 
+    /// Kafka security (TLS, SASL) and librdkafka pass-through of the lag reader, the same
+    /// settings as every workload's (`statecast-kafka`).
+    #[command(flatten)]
+    pub kafka: statecast_kafka::KafkaSecurityArgs,
+
     /// Default consumer image.
     #[arg(long, env = "CONSUMER_IMAGE", default_value = DEFAULT_CONSUMER_IMAGE)]
     pub consumer_image: String,
@@ -111,6 +116,13 @@ impl RunArgs {
         }
     }
 
+    /// The validated Kafka settings of the lag reader; a bad combination names the variable.
+    pub fn kafka_security(
+        &self,
+    ) -> Result<statecast_kafka::KafkaSecurity, statecast_kafka::ConfigError> {
+        statecast_kafka::KafkaSecurity::from_args(&self.kafka)
+    }
+
     /// The namespace to watch, `None` for all.
     pub fn watch_namespace(&self) -> Option<&str> {
         Some(self.watch_namespace.as_str()).filter(|ns| !ns.is_empty())
@@ -162,5 +174,21 @@ mod tests {
         let settings = cli.run.settings();
         assert!(settings.image_pull_secrets.is_empty());
         assert_eq!(settings.service_account, None);
+    }
+
+    #[test]
+    fn kafka_security_flags_reach_the_lag_reader_settings() {
+        let cli = Cli::parse_from([
+            "profile-operator",
+            "--kafka-security-protocol",
+            "ssl",
+            "--kafka-ssl-ca-location",
+            "/nonexistent/ca.pem",
+        ]);
+        let error = cli
+            .run
+            .kafka_security()
+            .expect_err("a CA file that does not exist is refused");
+        assert_eq!(error.variable(), "KAFKA_SSL_CA_LOCATION");
     }
 }

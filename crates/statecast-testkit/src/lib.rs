@@ -11,13 +11,16 @@
 //! - connection settings: [`database_url`], [`redis_url`], [`kafka_brokers`], [`smtp_url`], [`maildir`]
 //! - [`fresh_database`], [`create_topic`], [`unique`]
 //! - [`FaultProxy`], [`PrivateBroker`]
+//! - [`secured`]: [`SecuredBroker`], a private broker behind TLS and/or SASL/SCRAM
 //! - [`cel_violations`]: a CRD's CEL rules evaluated offline
 //! - [`oneshot_get`]: a GET answered by an axum router in process
 #![allow(clippy::unwrap_used)]
 
 mod cel_rules;
+pub mod secured;
 
 pub use cel_rules::cel_violations;
+pub use secured::SecuredBroker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -300,7 +303,7 @@ impl Drop for PrivateBroker {
     }
 }
 
-fn tansu_bin() -> PathBuf {
+pub(crate) fn tansu_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("TANSU_BIN") {
         return PathBuf::from(bin);
     }

@@ -298,6 +298,7 @@ async fn an_unknown_failure_is_dead_lettered_after_max_retries_and_replayed_once
         .unwrap();
     let args = profile_consumer::replay::ReplayArgs {
         kafka_brokers: statecast_testkit::kafka_brokers(),
+        kafka: Default::default(),
         kafka_group_id: group.clone(),
         dlq_topic: format!("{topic}.dlq"),
         dry_run: false,
