@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - [`config`]: [`Config`], every knob as flag + env var (`.env.sample` lists them).
+//! - `client`: the client address (TCP peer, or the forwarded one behind `TRUSTED_PROXIES`).
 //! - `routes`: router, handlers, layers (server spans, metrics, timeout, body limit) and
 //!   problem-aware extractors.
 //! - [`startup`]: start-up errors that name the setting, its masked value and the fix.
@@ -51,6 +52,7 @@ pub mod startup;
 mod store;
 
 mod cache;
+mod client;
 mod read;
 mod relay;
 mod routes;
@@ -69,6 +71,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 pub use cache::CacheError;
+pub use client::{ForwardingHeader, ForwardingHeaderError, TrustedProxies, TrustedProxiesError};
 pub use config::Config;
 pub use metrics::Metrics;
 pub use routes::BODY_LIMIT;
@@ -302,7 +305,8 @@ impl App {
 
     /// Serves HTTP on `listener` until `shutdown`, then drains in-flight requests.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
-        // Peer addresses key the rate limit of anonymous (public) reads.
+        // Peer addresses (or, behind a trusted proxy, forwarded ones) key the rate limit of
+        // anonymous requests and appear in the request log.
         axum::serve(
             listener,
             self.router()
