@@ -100,6 +100,14 @@ pub struct Config {
     /// Burst size per subject.
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200)]
     pub rate_limit_burst: u32,
+    /// Proxies (IP addresses and CIDR networks, comma-separated) whose forwarding header names
+    /// the client, for the rate limit and the request log. Empty: the TCP peer is the client.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: crate::TrustedProxies,
+    /// The header trusted proxies append the client address to: `x-forwarded-for` or
+    /// `forwarded` (RFC 7239). The other one is ignored.
+    #[arg(long, env = "TRUSTED_PROXY_HEADER", default_value = "x-forwarded-for")]
+    pub trusted_proxy_header: crate::ForwardingHeader,
 }
 
 impl Config {
@@ -135,6 +143,8 @@ impl Config {
             public_reads: false,
             rate_limit_per_second: 0,
             rate_limit_burst: 0,
+            trusted_proxies: crate::TrustedProxies::default(),
+            trusted_proxy_header: crate::ForwardingHeader::XForwardedFor,
         }
     }
 
