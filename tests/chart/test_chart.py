@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import CHART, NAMESPACE, ROOT, SCENARIOS, render, run_helm, template_args
+from conftest import CHART, GATEWAY_APIS, NAMESPACE, ROOT, SCENARIOS, api_versions, render, run_helm, template_args
 import pss
 
 KUBE_VERSION = os.environ.get("STATECAST_KUBE_VERSION", "1.34.0")
@@ -619,7 +619,7 @@ def rendered_notes(helm, tmp_path, *args):
 
 
 def test_notes_warn_first_and_show_how_to_reach_everything(helm, tmp_path):
-    notes = rendered_notes(helm, tmp_path, "-f", str(CHART / "values-kind.yaml"))
+    notes = rendered_notes(helm, tmp_path, "-f", str(CHART / "values-kind.yaml"), *api_versions(GATEWAY_APIS))
     assert notes.startswith("WARNING: auth.disabled=true")
     for text in ("http://localhost:8080", "http://localhost:16686", "http://localhost:8025",
                  "pod-security.kubernetes.io/enforce=restricted", "migrations"):
