@@ -553,14 +553,36 @@ def test_default_consumers_are_the_four_handlers_in_their_own_groups(helm):
                         "replicas": 1}
 
 
-def test_topic_job_is_a_post_install_hook_only_with_bundled_kafka(helm):
-    job = one(render(helm, "default"), "Job", "statecast-kafka-topics")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
-    env = env_of(job["spec"]["template"]["spec"]["containers"][0])
+def test_topic_job_starts_with_the_release_waits_for_kafka_and_creates_both_topics(helm):
+    """Issue 14, item 5: a post-install hook ran only after everything else was ready, long after
+    the consumers had subscribed; a plain Job runs as soon as Kafka answers."""
+    job = one(render(helm, "default"), "Job", "statecast-kafka-topics-1")  # -<release revision>
+    annotations = job["metadata"].get("annotations") or {}
+    assert not [a for a in annotations if a.startswith("helm.sh/hook")], annotations
+    assert job["spec"]["ttlSecondsAfterFinished"] == 600
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "OnFailure"
+    wait, = pod["initContainers"]
+    create, = pod["containers"]
+    assert wait["name"] == "wait-for-kafka"
+    script = wait["command"][-1]
+    assert re.search(r'until /opt/kafka/bin/kafka-topics\.sh --bootstrap-server "\$BROKERS" --list', script)
+    assert "sleep 2" in script
+    assert env_of(wait)["BROKERS"]["value"] == env_of(create)["BROKERS"]["value"] == "statecast-kafka.statecast.svc:9092"
+    env = env_of(create)
     assert (env["EVENTS_TOPIC"]["value"], env["DLQ_TOPIC"]["value"], env["PARTITIONS"]["value"]) == (
         "user-events", "user-events.dlq", "6")
-    assert "kafka-topics.sh" in " ".join(job["spec"]["template"]["spec"]["containers"][0]["command"])
+    script = create["command"][-1]
+    assert "--create --if-not-exists" in script and "until" not in script, "the init container does the waiting"
+    for c in (wait, create):
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
     assert not by_kind(render(helm, "external"), "Job")
+
+
+def test_kind_up_waits_for_the_topic_job():
+    text = (ROOT / "scripts/kind-up").read_text()
+    assert "--for=condition=complete job" in text and "-l app.kubernetes.io/component=kafka-topics" in text
 
 
 def test_helm_test_pod_puts_a_profile_and_checks_the_same_user_in_audit_log(helm):
