@@ -4,7 +4,7 @@
 call appends {"tool", "argv"} to a JSON-lines log and answers from the rules given with `on`:
 the first rule of that tool whose regex matches the space-joined arguments, taking its answers
 in order and repeating the last one (so "fails twice, then succeeds" is three answers). A call
-no rule matches succeeds with no output. `sleep` is faked too, so retry loops run instantly
+no rule matches succeeds with no output. A faked `curl -o FILE` writes its answer to FILE (`-o /dev/null`: to stdout, as -w would). `sleep` is faked too, so retry loops run instantly
 while their waits stay countable.
 
 Run as a program (`python fakes.py TOOL ARGS...`), this file is the fake itself.
@@ -85,7 +85,12 @@ def _main(tool: str, argv: list) -> int:
             used = int(counter.read_text()) if counter.exists() else 0
             counter.write_text(str(used + 1))
             answer = rule["answers"][min(used, len(rule["answers"]) - 1)]
-            sys.stdout.write(answer["stdout"])
+            out = argv[argv.index("-o") + 1] if tool == "curl" and "-o" in argv[:-1] else None
+            if out and out != "/dev/null":
+                if answer["rc"] == 0:  # like curl -f: no file on an HTTP error
+                    pathlib.Path(out).write_text(answer["stdout"])
+            else:  # with -o /dev/null the answer is what -w prints
+                sys.stdout.write(answer["stdout"])
             sys.stderr.write(answer["stderr"])
             return answer["rc"]
     return 0

@@ -663,11 +663,30 @@ def test_dockerfile_builds_the_three_binaries_onto_distroless_nonroot():
     assert {"target", ".stack", ".git"} <= {p.strip("/") for p in ignored}
 
 
-SCRIPTS = ["scripts/chart-check", "scripts/kind-up", "scripts/kind-down", "scripts/kind-e2e",
-           "scripts/chart/demo-token"]
+def shell_scripts():
+    """Every shell script under scripts/ (found by its shebang, so a new one is checked too)."""
+    found = []
+    for path in sorted((ROOT / "scripts").rglob("*")):
+        if path.is_file() and path.read_bytes()[:64].split(b"\n")[0] in (b"#!/usr/bin/env bash", b"#!/bin/bash",
+                                                                         b"#!/bin/sh", b"#!/usr/bin/env sh"):
+            found.append(str(path.relative_to(ROOT)))
+    return found
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+SCRIPTS = shell_scripts()
+# Scripts outside this chart work whose shellcheck findings their owners still have to fix; strict,
+# so the entry has to go as soon as the script is clean.
+SHELLCHECK_PENDING = {"scripts/stack": "SC2034 CARGO_BIN and TANSU_VERSION unused, SC2012 ls in pg_bindir"}
+
+
+def test_every_kind_and_chart_script_is_found():
+    assert {"scripts/chart-check", "scripts/kind-up", "scripts/kind-down", "scripts/kind-e2e",
+            "scripts/chart/demo-token"} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("script", [
+    pytest.param(s, marks=pytest.mark.xfail(reason=SHELLCHECK_PENDING[s], strict=True)) if s in SHELLCHECK_PENDING else s
+    for s in SCRIPTS])
 def test_scripts_are_strict_executable_and_shellcheck_clean(script):
     path = ROOT / script
     assert os.access(path, os.X_OK), f"{script} is not executable"
