@@ -275,7 +275,7 @@ SCHEMA = {
         }),
         "consumers": {"type": "array", "description": "ProfileConsumer resources to render.",
                       "items": CONSUMER},
-        "topics": obj("Topics created by the hook Job.", {
+        "topics": obj("Topics created by the kafka-topics Job (it waits for Kafka, then creates them).", {
             "partitions": i("Partitions of the events and DLQ topics.", 1),
             "replicationFactor": i("Replication factor.", 1),
             "dlqTopic": s("Dead-letter topic.", minLength=1),
