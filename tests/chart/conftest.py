@@ -24,6 +24,7 @@ SCENARIOS = {
     "autoscaling": ["-f", str(VALUES / "autoscaling.yaml")],
     "kind": ["-f", str(CHART / "values-kind.yaml")],
     "gateway": ["-f", str(VALUES / "gateway.yaml")],
+    "external-kafka-sasl-ssl": ["-f", str(CHART / "values-external-kafka-sasl-ssl.yaml")],
 }
 
 HELM_ENV = {"helm3": "STATECAST_HELM3", "helm4": "STATECAST_HELM4"}
