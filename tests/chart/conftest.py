@@ -38,6 +38,7 @@ SCENARIOS = {
     "kind": ["-f", str(CHART / "values-kind.yaml")],
     "kind-bare": ["-f", str(CHART / "values-kind.yaml")],
     "gateway": ["-f", str(VALUES / "gateway.yaml")],
+    "external-kafka-sasl-ssl": ["-f", str(CHART / "values-external-kafka-sasl-ssl.yaml")],
 }
 # The APIs beyond the built-in ones the cluster of each scenario serves. "kind" is the cluster
 # scripts/kind-up makes (Envoy Gateway installed before the chart), "kind-bare" a fresh kind cluster.

@@ -436,11 +436,11 @@ def test_every_key_in_values_yaml_has_a_comment_above_it():
 
 
 def test_every_helper_define_has_a_comment_above_it():
-    text = (CHART / "templates/_helpers.tpl").read_text()
-    lines = text.splitlines()
-    for n, line in enumerate(lines):
-        if line.startswith("{{- define"):
-            assert lines[n - 1].strip() == "*/}}", f"_helpers.tpl:{n + 1} {line} has no comment above"
+    for path in sorted((CHART / "templates").glob("_*.tpl")):
+        lines = path.read_text().splitlines()
+        for n, line in enumerate(lines):
+            if line.startswith("{{- define"):
+                assert lines[n - 1].strip() == "*/}}", f"{path.name}:{n + 1} {line} has no comment above"
 
 
 def test_templates_are_named_component_kind():

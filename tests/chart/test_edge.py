@@ -19,7 +19,9 @@ ENVOY_GATEWAY_VERSION = "v1.9.3"
 SECRET_ENV = re.compile(r"SECRET|PASSWORD|TOKEN|DATABASE_URL|REDIS_URL")
 # Env vars whose names match SECRET_ENV but hold no secret, and why.
 NOT_SECRET_ENV = {"CONSUMER_SECRET": "the *name* of the Secret the operator mounts into consumers (docs/contracts.md)",
-                  "CONSUMER_IMAGE_PULL_SECRETS": "the *names* of the image pull Secrets of the consumer pods"}
+                  "CONSUMER_IMAGE_PULL_SECRETS": "the *names* of the image pull Secrets of the consumer pods",
+                  "CONSUMER_KAFKA_CA_SECRET": "the *name* of the Secret holding the Kafka CA of the consumers",
+                  "KAFKA_SASL_PASSWORD_FILE": "the *path* of the mounted password file"}
 
 
 def by_kind(objs, kind):

@@ -110,9 +110,11 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
+    // The consumers get the same settings, minus the secrets (see RunArgs::settings).
+    let settings = args.settings(&kafka);
     let ctx = Arc::new(Context::new(
         client,
-        args.settings(),
+        settings,
         Arc::new(
             KafkaLagReader::new(args.kafka_brokers.clone(), Duration::from_secs(10))
                 .with_security(kafka),
