@@ -5,8 +5,11 @@
 #   docker build -t ghcr.io/statecast/statecast:dev .
 
 FROM rust:1.95-bookworm AS builder
-# rdkafka builds its bundled librdkafka (and a static zlib) with the image's make and C compiler,
-# so the binaries need nothing beyond glibc and libgcc at run time.
+# rdkafka builds its bundled librdkafka (and a static zlib) with the image's make and C compiler.
+# TLS and SASL/SCRAM link the system OpenSSL 3 (rdkafka feature `ssl`; libssl-dev is in this
+# image), so at run time the binaries need glibc, libgcc and libssl3/libcrypto3: all in
+# distroless cc-debian12 (its "base" layer carries Debian 12's OpenSSL 3.0, the same as here).
+# scripts/image-libs refuses a binary that needs anything else (e.g. cyrus-sasl).
 WORKDIR /src
 COPY . .
 # Cache the registry and target dir between builds (BuildKit), then copy the binaries out of the
@@ -15,7 +18,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p profile-api -p profile-consumer -p profile-operator \
     && mkdir -p /out \
-    && cp target/release/profile-api target/release/profile-consumer target/release/profile-operator /out/
+    && cp target/release/profile-api target/release/profile-consumer target/release/profile-operator /out/ \
+    && scripts/image-libs /out/profile-api /out/profile-consumer /out/profile-operator
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.source="https://github.com/statecast/statecast" \

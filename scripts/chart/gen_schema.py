@@ -275,7 +275,7 @@ SCHEMA = {
         }),
         "consumers": {"type": "array", "description": "ProfileConsumer resources to render.",
                       "items": CONSUMER},
-        "topics": obj("Topics created by the hook Job.", {
+        "topics": obj("Topics created by the kafka-topics Job (it waits for Kafka, then creates them).", {
             "partitions": i("Partitions of the events and DLQ topics.", 1),
             "replicationFactor": i("Replication factor.", 1),
             "dlqTopic": s("Dead-letter topic.", minLength=1),
@@ -284,8 +284,34 @@ SCHEMA = {
             "url": s("postgres:// URL.", pattern="^(postgres(ql)?://.+)?$")}),
         "externalRedis": obj("External Redis.", {"url": s("redis:// or rediss:// URL.",
                                                           pattern="^(rediss?://.+)?$")}),
-        "externalKafka": obj("External Kafka.", {"brokers": s("Comma-separated host:port list.",
-                                                              pattern="^([^,:\\s]+:[0-9]+(,[^,:\\s]+:[0-9]+)*)?$")}),
+        "externalKafka": obj("External Kafka: brokers and the client security of the API, the operator "
+                             "and the consumers.", {
+            "brokers": s("Comma-separated host:port list.",
+                         pattern="^([^,:\\s]+:[0-9]+(,[^,:\\s]+:[0-9]+)*)?$"),
+            "security": obj("Security of the connection (KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, "
+                            "KAFKA_SSL_CA_LOCATION).", {
+                "protocol": s("KAFKA_SECURITY_PROTOCOL; anything but plaintext needs kafka.enabled=false.",
+                              enum=["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]),
+                "sasl": obj("SASL authentication, with sasl_plaintext and sasl_ssl.", {
+                    "mechanism": s("KAFKA_SASL_MECHANISM; empty without SASL.",
+                                   enum=["", "SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]),
+                    "username": s("KAFKA_SASL_USERNAME; empty without SASL."),
+                    "existingSecret": s("Secret holding the password; empty means connectionSecret.existingSecret.",
+                                        pattern=DNS_SUBDOMAIN),
+                    "passwordKey": s("Key of existingSecret holding the password.", minLength=1),
+                }),
+                "tls": obj("TLS, with ssl and sasl_ssl.", {
+                    "caSecret": s("Secret holding the brokers' CA (PEM); empty means the system CAs.",
+                                  pattern=DNS_SUBDOMAIN),
+                    "caKey": s("Key of caSecret holding the PEM.", minLength=1),
+                }),
+            }),
+            "properties": {"type": "object",
+                           "description": "Other librdkafka properties (name: value), each passed as "
+                                          "KAFKA_PROPERTY_<NAME>; no secrets.",
+                           "propertyNames": {"pattern": "^[a-z0-9]+(\\.[a-z0-9]+)*$"},
+                           "additionalProperties": {"type": ["string", "integer", "number", "boolean"]}},
+        }),
         "externalSmtp": obj("External SMTP.", {"url": s("smtp:// or smtps:// URL.",
                                                         pattern="^(smtps?://.+)?$")}),
         "bundledSecurity": obj("Security settings of the bundled services.", {

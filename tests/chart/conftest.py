@@ -17,14 +17,32 @@ VALUES = pathlib.Path(__file__).resolve().parent / "values"
 RELEASE = "statecast"
 NAMESPACE = "statecast"
 
-# Named value sets rendered by the tests: extra helm arguments for each.
+# The Gateway API and Envoy Gateway kinds the chart can render, as a cluster with Envoy Gateway
+# installed (scripts/kind-up) serves them: "group/version" and "group/version/Kind".
+GATEWAY_KINDS = ["gateway.networking.k8s.io/v1/GatewayClass", "gateway.networking.k8s.io/v1/Gateway",
+                 "gateway.networking.k8s.io/v1/HTTPRoute", "gateway.envoyproxy.io/v1alpha1/SecurityPolicy",
+                 "gateway.envoyproxy.io/v1alpha1/BackendTrafficPolicy"]
+GATEWAY_APIS = sorted({k.rsplit("/", 1)[0] for k in GATEWAY_KINDS} | set(GATEWAY_KINDS))
+
+
+def api_versions(apis) -> list:
+    """`helm template` arguments making the cluster serve `apis` (.Capabilities.APIVersions)."""
+    return [arg for api in apis for arg in ("--api-versions", api)]
+
+
+# Named value sets rendered by the tests: the values arguments of each (also given to `helm lint`).
 SCENARIOS = {
     "default": [],
     "external": ["-f", str(VALUES / "external.yaml")],
     "autoscaling": ["-f", str(VALUES / "autoscaling.yaml")],
     "kind": ["-f", str(CHART / "values-kind.yaml")],
+    "kind-bare": ["-f", str(CHART / "values-kind.yaml")],
     "gateway": ["-f", str(VALUES / "gateway.yaml")],
+    "external-kafka-sasl-ssl": ["-f", str(CHART / "values-external-kafka-sasl-ssl.yaml")],
 }
+# The APIs beyond the built-in ones the cluster of each scenario serves. "kind" is the cluster
+# scripts/kind-up makes (Envoy Gateway installed before the chart), "kind-bare" a fresh kind cluster.
+SCENARIO_APIS = {"autoscaling": GATEWAY_APIS, "kind": GATEWAY_APIS, "gateway": GATEWAY_APIS}
 
 HELM_ENV = {"helm3": "STATECAST_HELM3", "helm4": "STATECAST_HELM4"}
 
@@ -52,7 +70,7 @@ def template_args(*extra: str, release: str = RELEASE) -> list:
 @functools.lru_cache(maxsize=None)
 def render(helm: str, scenario: str) -> tuple:
     """The objects `helm template` renders for a scenario (tests included, CRDs not)."""
-    res = run_helm(helm, *template_args(*SCENARIOS[scenario]))
+    res = run_helm(helm, *template_args(*SCENARIOS[scenario], *api_versions(SCENARIO_APIS.get(scenario, []))))
     if res.returncode != 0:
         pytest.fail(f"{helm} template ({scenario}) failed:\n{res.stderr}")
     return tuple(d for d in yaml.safe_load_all(res.stdout) if d)

@@ -10,7 +10,7 @@ import re
 import jsonschema
 import pytest
 
-from conftest import CHART, ROOT, SCENARIOS, render, run_helm, template_args
+from conftest import CHART, GATEWAY_APIS, ROOT, SCENARIOS, api_versions, render, run_helm, template_args
 import edge_schemas
 
 EDGE_KINDS = {"Gateway", "GatewayClass", "HTTPRoute", "SecurityPolicy", "BackendTrafficPolicy"}
@@ -19,7 +19,9 @@ ENVOY_GATEWAY_VERSION = "v1.9.3"
 SECRET_ENV = re.compile(r"SECRET|PASSWORD|TOKEN|DATABASE_URL|REDIS_URL")
 # Env vars whose names match SECRET_ENV but hold no secret, and why.
 NOT_SECRET_ENV = {"CONSUMER_SECRET": "the *name* of the Secret the operator mounts into consumers (docs/contracts.md)",
-                  "CONSUMER_IMAGE_PULL_SECRETS": "the *names* of the image pull Secrets of the consumer pods"}
+                  "CONSUMER_IMAGE_PULL_SECRETS": "the *names* of the image pull Secrets of the consumer pods",
+                  "CONSUMER_KAFKA_CA_SECRET": "the *name* of the Secret holding the Kafka CA of the consumers",
+                  "KAFKA_SASL_PASSWORD_FILE": "the *path* of the mounted password file"}
 
 
 def by_kind(objs, kind):
@@ -153,7 +155,7 @@ def test_gateway_options_render_remote_jwks_https_global_source_ip_and_class(hel
 
 def test_the_gateway_jwks_falls_back_to_auth_jwks_url(helm):
     res = run_helm(helm, *template_args("-f", str(ROOT / "tests/chart/values/external.yaml"),
-                                        "--set", "gateway.enabled=true",
+                                        "--set", "gateway.enabled=true", *api_versions(GATEWAY_APIS),
                                         "--show-only", "templates/gateway-securitypolicy.yaml"))
     assert res.returncode == 0, res.stderr
     assert "uri: \"https://issuer.example.com/.well-known/jwks.json\"" in res.stdout
@@ -300,7 +302,7 @@ def test_kind_up_installs_a_pinned_envoy_gateway_before_the_chart():
 
 def test_notes_show_how_to_call_the_api_through_the_gateway_with_a_token(helm, tmp_path):
     from test_chart import rendered_notes
-    notes = rendered_notes(helm, tmp_path, "-f", str(CHART / "values-kind.yaml"))
+    notes = rendered_notes(helm, tmp_path, "-f", str(CHART / "values-kind.yaml"), *api_versions(GATEWAY_APIS))
     for text in ("statecast-gateway", "scripts/chart/demo-token", "authorization: Bearer", "429"):
         assert text in notes, notes
     assert "statecast-gateway" not in rendered_notes(helm, tmp_path / "d")

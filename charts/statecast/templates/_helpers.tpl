@@ -193,6 +193,53 @@ Empty when the gateway reads a local JWKS from a ConfigMap.
 {{- end }}
 
 {{/*
+The APIs ("group/version/Kind") the gateway objects need: Gateway, HTTPRoute and SecurityPolicy,
+plus BackendTrafficPolicy with gateway.rateLimit.enabled and GatewayClass with
+gateway.createGatewayClass. Space-separated.
+*/}}
+{{- define "statecast.gatewayApis" -}}
+{{- $apis := list "gateway.networking.k8s.io/v1/Gateway" "gateway.networking.k8s.io/v1/HTTPRoute" "gateway.envoyproxy.io/v1alpha1/SecurityPolicy" }}
+{{- if .Values.gateway.rateLimit.enabled }}
+{{- $apis = append $apis "gateway.envoyproxy.io/v1alpha1/BackendTrafficPolicy" }}
+{{- end }}
+{{- if .Values.gateway.createGatewayClass }}
+{{- $apis = append $apis "gateway.networking.k8s.io/v1/GatewayClass" }}
+{{- end }}
+{{- join " " $apis }}
+{{- end }}
+
+{{/*
+The APIs of statecast.gatewayApis the cluster does not serve (.Capabilities.APIVersions; with
+`helm template`, the --api-versions given). Space-separated, empty when all are there.
+*/}}
+{{- define "statecast.gatewayMissingApis" -}}
+{{- $missing := list }}
+{{- range splitList " " (include "statecast.gatewayApis" .) }}
+{{- if not ($.Capabilities.APIVersions.Has .) }}
+{{- $missing = append $missing . }}
+{{- end }}
+{{- end }}
+{{- join " " $missing }}
+{{- end }}
+
+{{/*
+"true" when the gateway objects render: gateway.enabled and every API they need is served. All
+or nothing: a Gateway and HTTPRoute without their SecurityPolicy would expose the API without
+the token check, and a kind the cluster lacks fails the whole install ("no matches for kind").
+*/}}
+{{- define "statecast.gatewayRendered" -}}
+{{- if and .Values.gateway.enabled (not (include "statecast.gatewayMissingApis" .)) }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when the api.httpRoute HTTPRoute renders: api.httpRoute.enabled and the cluster serves
+gateway.networking.k8s.io/v1 HTTPRoute.
+*/}}
+{{- define "statecast.apiHttpRouteRendered" -}}
+{{- if and .Values.api.httpRoute.enabled (.Capabilities.APIVersions.Has "gateway.networking.k8s.io/v1/HTTPRoute") }}true{{ end }}
+{{- end }}
+
+{{/*
 Checks the gateway values that the schema cannot express; fails naming the value to set.
 */}}
 {{- define "statecast.validateGateway" -}}

@@ -7,8 +7,10 @@
 //!   audience are checked when configured, `exp` always, with a bounded clock skew.
 //! - A write to `/v1/profiles/{id}` needs `sub == id` or the scope `profiles:admin`; reads need a
 //!   valid token unless `PUBLIC_READS=true`. Probes, metrics and the OpenAPI document are public.
-//! - Each subject (or, for anonymous public reads, each peer address) has a token bucket; an empty
-//!   bucket answers 429 with `Retry-After`.
+//! - Each subject (or, for anonymous requests, each client address: the TCP peer, or the
+//!   forwarded address behind a `TRUSTED_PROXIES` proxy) has a token bucket; an empty bucket
+//!   answers 429 with `Retry-After`. With `AUTH_DISABLED=true` every request is anonymous, so the
+//!   limit stays on, keyed by client address.
 //!
 //! Authentication is off only with an explicit `AUTH_DISABLED=true`, and then loudly logged.
 
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, FromRequestParts as _, MatchedPath, Path, Request, State};
+use axum::extract::{FromRequestParts as _, MatchedPath, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{Method, header};
 use axum::middleware::Next;
@@ -424,8 +426,8 @@ pub async fn layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) 
     let method = request.method().clone();
     let peer = request
         .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| format!("ip:{}", c.0.ip()));
+        .get::<crate::client::ClientAddr>()
+        .map(|c| format!("ip:{}", c.0));
     let token = bearer(&request);
     let (mut parts, body) = request.into_parts();
     let profile_id = match profile_id(&mut parts).await {

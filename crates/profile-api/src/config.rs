@@ -28,6 +28,10 @@ pub struct Config {
     /// Kafka bootstrap servers.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
+    /// Kafka security (TLS, SASL) and librdkafka pass-through, shared with every workload
+    /// (`statecast-kafka`); validated by [`crate::build`] before anything connects.
+    #[command(flatten)]
+    pub kafka: statecast_kafka::KafkaSecurityArgs,
     /// Topic the relay publishes profile events to.
     #[arg(long, env = "EVENTS_TOPIC", default_value = "user-events")]
     pub events_topic: String,
@@ -101,6 +105,14 @@ pub struct Config {
     /// Burst size per subject.
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200)]
     pub rate_limit_burst: u32,
+    /// Proxies (IP addresses and CIDR networks, comma-separated) whose forwarding header names
+    /// the client, for the rate limit and the request log. Empty: the TCP peer is the client.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: crate::TrustedProxies,
+    /// The header trusted proxies append the client address to: `x-forwarded-for` or
+    /// `forwarded` (RFC 7239). The other one is ignored.
+    #[arg(long, env = "TRUSTED_PROXY_HEADER", default_value = "x-forwarded-for")]
+    pub trusted_proxy_header: crate::ForwardingHeader,
 }
 
 impl Config {
@@ -112,6 +124,7 @@ impl Config {
             redis_url: redis_url.to_owned(),
             redis_ca_file: None,
             kafka_brokers: brokers.to_owned(),
+            kafka: statecast_kafka::KafkaSecurityArgs::default(),
             events_topic: topic.to_owned(),
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             cache_ttl_seconds: 3600,
@@ -136,6 +149,8 @@ impl Config {
             public_reads: false,
             rate_limit_per_second: 0,
             rate_limit_burst: 0,
+            trusted_proxies: crate::TrustedProxies::default(),
+            trusted_proxy_header: crate::ForwardingHeader::XForwardedFor,
         }
     }
 

@@ -1,5 +1,6 @@
-//! Building the PostgreSQL pool and the Redis client from `DATABASE_URL`, `REDIS_URL` and
-//! `REDIS_CA_FILE`, with TLS when the URL asks for it.
+//! Building the Redis client from `REDIS_URL` and `REDIS_CA_FILE`, with TLS when the URL asks
+//! for it (PostgreSQL takes TLS from `DATABASE_URL` alone: `lib.rs`'s `connect`, whose errors
+//! `startup` words).
 //!
 //! Why a module of its own: a TLS mistake (a CA that did not sign the server's certificate, a
 //! host the certificate does not name) is a configuration error that waiting cannot fix, so it
@@ -8,29 +9,12 @@
 //! setting for one, hence `REDIS_CA_FILE`.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr as _;
 
 use redis::IntoConnectionInfo as _;
-use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 
 /// Why the API could not set up or reach PostgreSQL or Redis at start.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// `DATABASE_URL` does not parse (or names a CA file that cannot be used).
-    #[error("DATABASE_URL is not a usable PostgreSQL URL: {0}")]
-    DatabaseUrl(#[source] sqlx::Error),
-    /// PostgreSQL refused the connection, could not be reached, or failed the TLS check.
-    #[error("cannot connect to PostgreSQL at DATABASE_URL ({target}): {source}{hint}")]
-    Database {
-        /// Host, port and sslmode (never the password).
-        target: String,
-        /// What sqlx reported.
-        #[source]
-        source: sqlx::Error,
-        /// What to check, for TLS failures.
-        hint: &'static str,
-    },
     /// `REDIS_URL` does not parse.
     #[error("REDIS_URL is not a usable Redis URL: {0}")]
     RedisUrl(#[source] redis::RedisError),
@@ -59,54 +43,9 @@ pub enum ConnectError {
     },
 }
 
-const PG_TLS_HINT: &str = "; the TLS handshake failed: check that sslrootcert= in DATABASE_URL \
-    names the CA that signed the server's certificate, that the server has TLS on and, with \
-    sslmode=verify-full, that the URL's host is a name (or IP) in that certificate";
-
 const REDIS_TLS_HINT: &str = "; the TLS handshake failed: check that REDIS_CA_FILE names the CA \
     that signed the server's certificate (without it only the bundled Mozilla roots are trusted) \
     and that the host in REDIS_URL is a name (or IP) in that certificate";
-
-/// The PostgreSQL pool of `url` (`DATABASE_URL`), connected once to prove it works.
-pub(crate) async fn pg_pool(url: &str, options: PgPoolOptions) -> Result<PgPool, ConnectError> {
-    let connect = PgConnectOptions::from_str(url).map_err(ConnectError::DatabaseUrl)?;
-    let target = pg_target(&connect);
-    options
-        .connect_with(connect)
-        .await
-        .map_err(|source| ConnectError::Database {
-            target,
-            hint: if is_pg_tls_failure(&source) {
-                PG_TLS_HINT
-            } else {
-                ""
-            },
-            source,
-        })
-}
-
-/// `host:port, sslmode=...` of `options`, for messages (no user or password).
-fn pg_target(options: &PgConnectOptions) -> String {
-    let mode = match options.get_ssl_mode() {
-        PgSslMode::Disable => "disable",
-        PgSslMode::Allow => "allow",
-        PgSslMode::Prefer => "prefer",
-        PgSslMode::Require => "require",
-        PgSslMode::VerifyCa => "verify-ca",
-        PgSslMode::VerifyFull => "verify-full",
-    };
-    format!(
-        "{}:{}, sslmode={mode}",
-        options.get_host(),
-        options.get_port()
-    )
-}
-
-/// Whether `error` is a failed TLS negotiation: sqlx's own TLS errors, or the I/O error
-/// `InvalidData` that rustls reports a certificate it refuses as.
-fn is_pg_tls_failure(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Tls(_)) || has_invalid_data(error)
-}
 
 /// The Redis client of `url` (`REDIS_URL`), trusting only the CA in `ca_file`
 /// (`REDIS_CA_FILE`) when set, else the bundled Mozilla roots for `rediss://`.
@@ -205,16 +144,6 @@ fn has_invalid_data(error: &(dyn std::error::Error + 'static)) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pg_target_names_host_port_and_sslmode_but_no_password() {
-        let options = PgConnectOptions::from_str(
-            "postgres://u:secret@db.example:6543/x?sslmode=verify-full&sslrootcert=/ca.pem",
-        )
-        .unwrap();
-        let target = pg_target(&options);
-        assert_eq!(target, "db.example:6543, sslmode=verify-full");
-    }
 
     #[test]
     fn a_redis_ca_with_a_plain_url_is_refused() {

@@ -10,8 +10,10 @@
 //! - [`config`]: [`Config`], every knob as flag + env var (`.env.sample` lists them).
 //! - `connect`: the PostgreSQL pool and the Redis client from their URLs, TLS included, and
 //!   start-up errors naming the variable to fix ([`ConnectError`]).
+//! - `client`: the client address (TCP peer, or the forwarded one behind `TRUSTED_PROXIES`).
 //! - `routes`: router, handlers, layers (server spans, metrics, timeout, body limit) and
 //!   problem-aware extractors.
+//! - [`startup`]: start-up errors that name the setting, its masked value and the fix.
 //! - [`problem`]: [`problem::ApiError`], the one error enum, as RFC 9457 problem+json.
 //! - [`model`]: [`model::Profile`] and [`model::ProfileInput`], the JSON shapes.
 //! - `validate`: pure input checks (ids, fields, merge patch, ETags).
@@ -19,7 +21,8 @@
 //! - `read`: the read path with coalescing, lock, XFetch, stale-while-revalidate, negative cache.
 //! - `store`: PostgreSQL reads and the write transaction (change + outbox row).
 //! - `relay`: the single-leader outbox relay to Kafka (why single-leader: see its module doc).
-//! - `main.rs`: parse [`Config`], init telemetry, [`build`], serve + relay until SIGTERM/SIGINT.
+//! - `main.rs`: parse [`Config`], init telemetry, [`build`], [`listen`], serve + relay until
+//!   SIGTERM/SIGINT; a start-up error goes to the log and stderr, exit code 1.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`openapi`]: the generated OpenAPI 3.1 document.
 //!
@@ -48,36 +51,49 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod problem;
+pub mod startup;
 mod store;
 
 mod cache;
+mod client;
 mod read;
 mod relay;
 mod routes;
 mod validate;
 
+use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::ConnectOptions as _;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 pub use cache::CacheError;
+pub use client::{ForwardingHeader, ForwardingHeaderError, TrustedProxies, TrustedProxiesError};
 pub use config::Config;
 pub use connect::ConnectError;
 pub use metrics::Metrics;
 pub use routes::BODY_LIMIT;
 
-/// Why the API could not start.
+/// Why the API could not start (or stopped serving). The start-up variants name the setting,
+/// its value with credentials masked, and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// PostgreSQL unreachable at start.
-    #[error("cannot connect to PostgreSQL: {0}")]
-    Database(#[from] sqlx::Error),
+    /// PostgreSQL cannot be used at start: unreachable, refusing us, or `DATABASE_URL` unusable.
+    #[error("cannot connect to PostgreSQL at {url} (DATABASE_URL): {reason}; {fix}")]
+    Database {
+        /// `DATABASE_URL`, password masked.
+        url: String,
+        /// What went wrong.
+        reason: String,
+        /// What to do about it.
+        fix: String,
+    },
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -88,12 +104,37 @@ pub enum Error {
     /// TLS certificate that does not verify); the message names the variable.
     #[error("{0}")]
     Connect(#[from] connect::ConnectError),
+    /// `REDIS_URL` is not a Redis URL (Redis being down is fine: reads then bypass the cache).
+    #[error(
+        "REDIS_URL={url} is not a valid Redis URL ({reason}); expected \
+         redis://[[user]:password@]host[:6379][/db], rediss://... for TLS, or \
+         redis+unix:///path/to/socket"
+    )]
+    RedisUrl {
+        /// `REDIS_URL`, password masked.
+        url: String,
+        /// What the Redis client said.
+        reason: String,
+    },
+    /// The HTTP listener cannot be bound.
+    #[error("cannot listen on {addr} (LISTEN_ADDR): {reason}; {fix}")]
+    Listen {
+        /// `LISTEN_ADDR`.
+        addr: std::net::SocketAddr,
+        /// What the operating system said.
+        reason: String,
+        /// What to do about it.
+        fix: &'static str,
+    },
     /// Serving HTTP failed.
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
     /// The authentication settings cannot work (e.g. no key source and no explicit opt-out).
     #[error("{0}")]
     Auth(#[from] auth::AuthConfigError),
+    /// The Kafka settings cannot work (the message names the variable).
+    #[error("{0}")]
+    Kafka(#[from] statecast_kafka::ConfigError),
 }
 
 /// `Result` with [`Error`].
@@ -102,6 +143,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Shared by every handler and the relay.
 pub(crate) struct AppState {
     pub(crate) config: Config,
+    /// Validated from `config.kafka` at start; applied to every producer the relay creates.
+    pub(crate) kafka: statecast_kafka::KafkaSecurity,
     pub(crate) pool: PgPool,
     pub(crate) cache: cache::Cache,
     pub(crate) metrics: Arc<Metrics>,
@@ -198,18 +241,12 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
-/// Connects to PostgreSQL (which must be up), runs the migrations, and sets up the lazily
-/// connecting Redis client. Kafka is only contacted by the relay.
+/// Validates the Kafka settings, checks the Redis URL (the client connects lazily), connects to
+/// PostgreSQL (which must be up), and runs the migrations. Kafka is only contacted by the relay.
 pub async fn build(config: Config) -> Result<App> {
+    let kafka = statecast_kafka::KafkaSecurity::from_args(&config.kafka)?;
+    tracing::info!(kafka = ?kafka, "Kafka client settings");
     let auth = Arc::new(auth::Auth::new(&config.auth_settings())?);
-    let pool = connect::pg_pool(
-        &config.database_url,
-        PgPoolOptions::new()
-            .max_connections(config.db_pool_size)
-            .acquire_timeout(Duration::from_millis(config.db_acquire_timeout_ms)),
-    )
-    .await?;
-    migrate(&pool).await?;
     let ttls = cache::CacheTtls {
         ttl: config.cache_ttl(),
         grace: config.stale_grace(),
@@ -217,14 +254,24 @@ pub async fn build(config: Config) -> Result<App> {
         lock: config.lock_ttl(),
         marker: (config.request_timeout() * 3).max(Duration::from_secs(30)),
     };
-    let redis = connect::redis_client(&config.redis_url, config.redis_ca_file.as_deref())?;
+    let redis =
+        connect::redis_client(&config.redis_url, config.redis_ca_file.as_deref()).map_err(|e| {
+            match e {
+                // A URL that does not parse gets the message that shows the expected shape.
+                ConnectError::RedisUrl(e) => startup::redis_url(&config.redis_url, &e),
+                other => Error::Connect(other),
+            }
+        })?;
     // Redis being down only degrades the API, but a TLS certificate that does not verify is a
     // configuration error: find out now and refuse to start, naming REDIS_URL / REDIS_CA_FILE.
     connect::check_redis_tls(&redis, config.redis_timeout().max(Duration::from_secs(1))).await?;
     let cache = cache::Cache::new(redis, config.redis_timeout(), ttls)?;
+    let pool = connect(&config).await?;
+    migrate(&pool).await?;
     Ok(App {
         state: Arc::new(AppState {
             config,
+            kafka,
             pool,
             cache,
             metrics: Arc::new(Metrics::new()),
@@ -233,6 +280,38 @@ pub async fn build(config: Config) -> Result<App> {
             dirty: std::sync::Mutex::default(),
         }),
     })
+}
+
+/// The pool, with at least one connection open.
+async fn connect(config: &Config) -> Result<PgPool> {
+    let waited = Duration::from_millis(config.db_acquire_timeout_ms);
+    let fail = |e: &sqlx::Error| startup::database(&config.database_url, e, waited);
+    let options = PgConnectOptions::from_str(&config.database_url).map_err(|e| fail(&e))?;
+    let connected = PgPoolOptions::new()
+        .max_connections(config.db_pool_size)
+        .acquire_timeout(waited)
+        .connect_with(options.clone())
+        .await;
+    match connected {
+        Ok(pool) => Ok(pool),
+        Err(sqlx::Error::PoolTimedOut) => {
+            // The pool retried until its timeout and kept no cause ("pool timed out"): one direct
+            // attempt tells what is wrong (connection refused, unknown host...).
+            let cause = match tokio::time::timeout(waited, options.connect()).await {
+                Ok(Err(cause)) => cause,
+                Ok(Ok(_)) | Err(_) => sqlx::Error::PoolTimedOut,
+            };
+            Err(fail(&cause))
+        }
+        Err(e) => Err(fail(&e)),
+    }
+}
+
+/// Binds the HTTP listener of `LISTEN_ADDR`; a failure names the address and what to do.
+pub async fn listen(addr: std::net::SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| startup::listen(addr, &e))
 }
 
 impl App {
@@ -248,7 +327,8 @@ impl App {
 
     /// Serves HTTP on `listener` until `shutdown`, then drains in-flight requests.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
-        // Peer addresses key the rate limit of anonymous (public) reads.
+        // Peer addresses (or, behind a trusted proxy, forwarded ones) key the rate limit of
+        // anonymous requests and appear in the request log.
         axum::serve(
             listener,
             self.router()

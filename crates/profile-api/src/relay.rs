@@ -281,7 +281,8 @@ async fn delete_old_rows(state: &AppState, conn: &mut PgConnection) -> Result<()
 }
 
 fn new_producer(state: &AppState) -> Result<FutureProducer, rdkafka::error::KafkaError> {
-    ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &state.config.kafka_brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -290,8 +291,10 @@ fn new_producer(state: &AppState) -> Result<FutureProducer, rdkafka::error::Kafk
             "message.timeout.ms",
             state.config.kafka_message_timeout_ms.to_string(),
         )
-        .set("linger.ms", "1")
-        .create()
+        .set("linger.ms", "1");
+    // Security and pass-through last: the shared settings of every workload (statecast-kafka).
+    state.kafka.apply(&mut config);
+    config.create()
 }
 
 /// Takes one batch, publishes it, marks what was acknowledged. Returns (rows taken, any failed).

@@ -65,6 +65,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             record_metrics,
         ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::client::layer,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(server_span)
@@ -498,6 +502,7 @@ fn server_span(request: &Request) -> Span {
         http.route = %route,
         http.request.method = %method,
         url.path = %request.uri().path(),
+        client.address = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
@@ -511,9 +516,14 @@ fn server_span(request: &Request) -> Span {
 fn on_response(response: &Response, latency: Duration, span: &Span) {
     span.record("http.response.status_code", response.status().as_u16());
     // One line per request, inside its span: the log carries the request's trace id.
+    let client = response
+        .extensions()
+        .get::<crate::client::ClientAddr>()
+        .map(|c| tracing::field::display(c.0));
     tracing::info!(
         status = response.status().as_u16(),
         latency_ms = latency.as_secs_f64() * 1000.0,
+        client_address = client,
         "request completed"
     );
     if response.status().is_server_error() {

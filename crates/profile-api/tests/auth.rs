@@ -204,6 +204,38 @@ async fn exceeding_the_rate_limit_gives_429_with_retry_after_and_recovers() {
     assert_eq!(r.status().as_u16(), 404);
 }
 
+/// What the README says `AUTH_DISABLED=true` does: no token is needed or checked and anyone may
+/// write any profile, but the rate limit stays on, keyed by client address (every caller is
+/// anonymous), and a malformed `Authorization` header is still a 401.
+#[tokio::test]
+async fn auth_disabled_lets_anyone_write_but_keeps_the_per_address_rate_limit() {
+    let mut config = common::fresh_config("noauth").await;
+    assert!(config.auth_disabled);
+    config.rate_limit_per_second = 1;
+    config.rate_limit_burst = 2;
+    let app = common::start(config, false).await;
+    assert_eq!(put(&app, &common::user("a"), None).await.status(), 201);
+    // A token is not even verified, and someone else's id is writable.
+    assert_eq!(
+        put(&app, &common::user("b"), Some("not-a-jwt"))
+            .await
+            .status(),
+        201
+    );
+    let malformed = app
+        .http
+        .get(app.url("/v1/profiles/nobody"))
+        .header("authorization", "Basic abc")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(malformed, 401).await;
+    // Two requests from 127.0.0.1 emptied its bucket, whatever the subjects or ids.
+    let limited = app.get(&common::user("c")).await;
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_problem(limited, 429).await;
+}
+
 #[tokio::test]
 async fn auth_without_a_key_source_refuses_to_start() {
     let mut config = common::fresh_config("nokey").await;

@@ -165,7 +165,11 @@ async fn expired_entries_are_served_stale_and_refreshed_in_the_background() {
 
 #[tokio::test]
 async fn with_redis_down_reads_bypass_the_cache_and_writes_succeed() {
-    let proxy = FaultProxy::start("127.0.0.1:6379").await.unwrap();
+    let proxy = FaultProxy::start(&statecast_testkit::host_port(
+        &statecast_testkit::redis_url(),
+    ))
+    .await
+    .unwrap();
     let mut config = common::fresh_config("redisdown").await;
     config.redis_url = format!("redis://{}", proxy.addr());
     let t = start(config, false).await;
@@ -255,8 +259,9 @@ async fn a_write_whose_request_times_out_during_the_commit_still_invalidates_the
 #[tokio::test]
 async fn two_replicas_behind_a_slow_database_load_a_cold_key_once() {
     let mut config = common::fresh_config("slowdb").await;
-    let proxy = PgProxy::start("127.0.0.1:5432").await;
-    config.database_url = proxy.url(&config.database_url, "127.0.0.1:5432");
+    let upstream = statecast_testkit::host_port(&config.database_url);
+    let proxy = PgProxy::start(&upstream).await;
+    config.database_url = proxy.url(&config.database_url, &upstream);
     let a = Arc::new(start(config.clone(), false).await);
     let b = Arc::new(start(config, false).await);
     let id = user("slowdb");

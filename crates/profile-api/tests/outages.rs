@@ -12,8 +12,9 @@ use statecast_testkit::{self as testkit, FaultProxy, PrivateBroker};
 #[tokio::test]
 async fn with_postgres_down_cached_reads_work_and_writes_fail_cleanly_with_503() {
     let direct = testkit::fresh_database().await.unwrap();
-    let proxy = FaultProxy::start("127.0.0.1:5432").await.unwrap();
-    let via_proxy = direct.replace("127.0.0.1:5432", &proxy.addr().to_string());
+    let upstream = testkit::host_port(&direct);
+    let proxy = FaultProxy::start(&upstream).await.unwrap();
+    let via_proxy = direct.replace(&upstream, &proxy.addr().to_string());
     assert_ne!(via_proxy, direct);
     let config = profile_api::Config::for_tests(
         &via_proxy,

@@ -86,6 +86,11 @@ pub struct Config {
     #[arg(long, env = "KAFKA_BROKERS", default_value = DEFAULT_BROKERS)]
     pub kafka_brokers: String,
 
+    /// Kafka security (TLS, SASL) and librdkafka pass-through, the same for the consumer and
+    /// its dead-letter producer (`statecast-kafka`); checked by [`Config::validate`].
+    #[command(flatten)]
+    pub kafka: statecast_kafka::KafkaSecurityArgs,
+
     /// Consumer group: each group receives every event once.
     #[arg(long, env = "KAFKA_GROUP_ID")]
     pub kafka_group_id: String,
@@ -184,6 +189,7 @@ impl Config {
     ) -> Self {
         Self {
             kafka_brokers: kafka_brokers.into(),
+            kafka: statecast_kafka::KafkaSecurityArgs::default(),
             kafka_group_id: kafka_group_id.into(),
             kafka_topics,
             consumer_handler,
@@ -249,8 +255,15 @@ impl Config {
         )
     }
 
-    /// Checks what parsing cannot: the handler's services are configured, names are not empty.
+    /// The validated Kafka settings (a bad combination is [`Error::Config`] naming the variable).
+    pub fn kafka_security(&self) -> Result<statecast_kafka::KafkaSecurity, Error> {
+        kafka_security(&self.kafka)
+    }
+
+    /// Checks what parsing cannot: the handler's services are configured, names are not empty,
+    /// the Kafka settings combine.
     pub fn validate(&self) -> Result<(), Error> {
+        self.kafka_security()?;
         let missing = |var: &str, why: &str| {
             Error::Config(format!(
                 "{var} is required by CONSUMER_HANDLER={} ({why})",
@@ -292,6 +305,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// [`statecast_kafka::KafkaSecurity::from_args`], its error as [`Error::Config`].
+pub(crate) fn kafka_security(
+    args: &statecast_kafka::KafkaSecurityArgs,
+) -> Result<statecast_kafka::KafkaSecurity, Error> {
+    statecast_kafka::KafkaSecurity::from_args(args).map_err(|e| Error::Config(e.to_string()))
 }
 
 #[cfg(test)]
@@ -371,6 +391,22 @@ mod tests {
                 .to_string()
                 .contains("DATABASE_URL")
         );
+    }
+
+    #[test]
+    fn bad_kafka_security_is_refused_naming_the_variable() {
+        let config = Config {
+            kafka: statecast_kafka::KafkaSecurityArgs {
+                kafka_security_protocol: "sasl_ssl".into(),
+                kafka_sasl_mechanism: Some("SCRAM-SHA-512".into()),
+                kafka_sasl_username: Some("statecast".into()),
+                ..Default::default()
+            },
+            redis_url: Some("redis://x".into()),
+            ..Config::new("b", "g", vec!["t".into()], HandlerKind::CacheRefresh)
+        };
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("KAFKA_SASL_USERNAME"), "{message}");
     }
 
     #[test]

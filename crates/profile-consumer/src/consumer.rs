@@ -30,6 +30,7 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, Statistics, TopicPartitionList};
+use statecast_kafka::KafkaSecurity;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -103,9 +104,11 @@ async fn consume(
         assignment: assignment.clone(),
         start: config.start_position(),
     };
+    let security = config.kafka_security()?;
+    tracing::info!(kafka = ?security, "Kafka client settings");
     let consumer: Arc<StreamConsumer<Context>> =
-        Arc::new(consumer_config(config).create_with_context(context)?);
-    let producer: FutureProducer = producer_config(config).create()?;
+        Arc::new(consumer_config(config, &security).create_with_context(context)?);
+    let producer: FutureProducer = producer_config(config, &security).create()?;
     let dlq_topic = config.dlq_topic();
     tokio::select! {
         checked = dlq::check_topic_exists(&producer, &dlq_topic) => checked.map_err(Error::Config)?,
@@ -351,7 +354,8 @@ fn commit_stored<C: Consumer<Context>>(consumer: &C) {
     }
 }
 
-fn consumer_config(config: &Config) -> ClientConfig {
+/// The consumer's settings, then the shared security and pass-through ones (statecast-kafka).
+fn consumer_config(config: &Config, security: &KafkaSecurity) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.kafka_brokers)
@@ -366,6 +370,9 @@ fn consumer_config(config: &Config) -> ClientConfig {
         // wait for company (measured: propagation p50 ~350 ms with the default, see
         // docs/benchmarks.md).
         .set("fetch.wait.max.ms", "50")
+        // A subscribed topic created after the consumer started (the chart's topic Job runs
+        // once Kafka is up) is seen at the next metadata refresh: 10 s, not librdkafka's 300 s.
+        .set("topic.metadata.refresh.interval.ms", "10000")
         .set(
             "session.timeout.ms",
             config.kafka_session_timeout_ms.to_string(),
@@ -381,10 +388,12 @@ fn consumer_config(config: &Config) -> ClientConfig {
             config.kafka_statistics_interval_ms.to_string(),
         )
         .set("partition.assignment.strategy", "range,roundrobin");
+    security.apply(&mut client);
     client
 }
 
-fn producer_config(config: &Config) -> ClientConfig {
+/// The dead-letter producer's settings, then the shared ones (statecast-kafka).
+fn producer_config(config: &Config, security: &KafkaSecurity) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.kafka_brokers)
@@ -393,6 +402,7 @@ fn producer_config(config: &Config) -> ClientConfig {
         // One record per batch keeps the broker's high watermark right (see the tests' notes).
         .set("linger.ms", "0")
         .set("batch.num.messages", "1");
+    security.apply(&mut client);
     client
 }
 

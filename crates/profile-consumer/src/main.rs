@@ -13,13 +13,13 @@ async fn main() -> std::process::ExitCode {
         return dlq_command(&args).await;
     }
     let config = Config::parse();
-    let telemetry = match statecast_telemetry::TelemetryConfig::from_env("profile-consumer")
-        .and_then(|c| statecast_telemetry::init(&c))
-    {
+    // Logging is set up even when the export settings are bad; a bad explicit setting then
+    // stops the consumer with the message (it names the variable), as the API does.
+    let telemetry = match statecast_telemetry::init_from_env("profile-consumer") {
         Ok(telemetry) => Some(telemetry),
         Err(e) => {
-            eprintln!("profile-consumer: telemetry disabled: {e}");
-            None
+            eprintln!("profile-consumer: {e}");
+            return std::process::ExitCode::from(2);
         }
     };
 
@@ -69,9 +69,7 @@ async fn dlq_command(args: &[std::ffi::OsString]) -> std::process::ExitCode {
         std::iter::once(std::ffi::OsString::from("profile-consumer dlq replay"))
             .chain(args.iter().skip(3).cloned()),
     );
-    let telemetry = statecast_telemetry::TelemetryConfig::from_env("profile-consumer")
-        .and_then(|c| statecast_telemetry::init(&c))
-        .ok();
+    let telemetry = statecast_telemetry::init_from_env("profile-consumer").ok();
     let result = profile_consumer::replay::replay(&replay_args).await;
     if let Some(telemetry) = telemetry {
         telemetry.shutdown().await;

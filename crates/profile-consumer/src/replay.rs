@@ -38,6 +38,10 @@ pub struct ReplayArgs {
     #[arg(long, env = "KAFKA_BROKERS", default_value = DEFAULT_BROKERS)]
     pub kafka_brokers: String,
 
+    /// Kafka security and pass-through, as for the consumer (`statecast-kafka`).
+    #[command(flatten)]
+    pub kafka: statecast_kafka::KafkaSecurityArgs,
+
     /// The consumer group whose dead letters are replayed.
     #[arg(long, env = "KAFKA_GROUP_ID")]
     pub kafka_group_id: String,
@@ -62,22 +66,27 @@ pub struct ReplaySummary {
 
 /// Replays the dead letters of `args.kafka_group_id` that no earlier replay handled.
 pub async fn replay(args: &ReplayArgs) -> Result<ReplaySummary> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let security = crate::config::kafka_security(&args.kafka)?;
+    let mut consumer = ClientConfig::new();
+    consumer
         .set("bootstrap.servers", &args.kafka_brokers)
         .set("group.id", format!("{}.dlq-replay", args.kafka_group_id))
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    let producer: FutureProducer = ClientConfig::new()
+        .set("auto.offset.reset", "earliest");
+    security.apply(&mut consumer);
+    let consumer: BaseConsumer = consumer.create()?;
+    let mut producer = ClientConfig::new();
+    producer
         .set("bootstrap.servers", &args.kafka_brokers)
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("linger.ms", "0")
-        .create()?;
+        .set("linger.ms", "0");
+    security.apply(&mut producer);
+    let producer: FutureProducer = producer.create()?;
     let ends = blocking({
-        let brokers = args.kafka_brokers.clone();
+        let client = security.client_config(&args.kafka_brokers);
         let topic = args.dlq_topic.clone();
-        move || high_watermarks(&brokers, &topic)
+        move || high_watermarks(client, &topic)
     })
     .await??;
     let mut assignment = TopicPartitionList::new();
@@ -182,11 +191,9 @@ fn header<M: Message>(message: &M, name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
-/// High watermark of every partition of `topic`, from a fresh client.
-fn high_watermarks(brokers: &str, topic: &str) -> Result<HashMap<i32, i64>> {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+/// High watermark of every partition of `topic`, from a fresh client made of `client`.
+fn high_watermarks(client: ClientConfig, topic: &str) -> Result<HashMap<i32, i64>> {
+    let client: BaseConsumer = client.create()?;
     let metadata = client.fetch_metadata(Some(topic), TIMEOUT)?;
     let partitions = metadata
         .topics()

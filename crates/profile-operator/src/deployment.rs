@@ -1,18 +1,24 @@
 //! The pure Deployment builder: a `ProfileConsumer`, the operator's [`Settings`] and the desired
 //! replica count in, the `profile-consumer` Deployment out. No I/O, so every field is unit-tested.
+//!
+//! Kafka security ([`ConsumerKafka`]): the consumers get the operator's own protocol, SASL
+//! mechanism and user name and its `KAFKA_PROPERTY_*` variables as plain values; the password
+//! only as a `secretKeyRef` to the consumer Secret, and the CA only as a mounted Secret key.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, LocalObjectReference, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    HTTPGetAction, KeyToPath, LocalObjectReference, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
+use statecast_kafka::{SaslMechanism, SecurityProtocol};
 
 use crate::crd::ProfileConsumer;
 use crate::{Error, Result};
@@ -25,6 +31,15 @@ pub const METRICS_PORT: i32 = 9090;
 pub const MANAGED_BY: &str = "profile-operator";
 /// Keys of the consumer Secret passed to the consumers, each optional.
 pub const SECRET_KEYS: [&str; 3] = ["DATABASE_URL", "REDIS_URL", "SMTP_URL"];
+/// Key of the consumer Secret holding the SASL password, passed as `KAFKA_SASL_PASSWORD` (optional)
+/// when the protocol uses SASL.
+pub const SASL_PASSWORD_KEY: &str = "KAFKA_SASL_PASSWORD";
+/// Directory the Kafka CA Secret key is mounted at (read-only) in the consumer pods.
+pub const KAFKA_CA_DIR: &str = "/etc/statecast/kafka-ca";
+/// File name of the CA inside [`KAFKA_CA_DIR`], whatever the Secret's key is called.
+pub const KAFKA_CA_FILE: &str = "ca.crt";
+/// Name of the CA volume in the consumer pods.
+const KAFKA_CA_VOLUME: &str = "kafka-ca";
 
 /// What the builder needs from the operator's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +58,68 @@ pub struct Settings {
     pub image_pull_secrets: Vec<String>,
     /// ServiceAccount of the pods; `None` means the namespace's default.
     pub service_account: Option<String>,
+    /// Kafka security passed to the consumers (the operator's own).
+    pub kafka: ConsumerKafka,
+}
+
+/// The Kafka client settings of every consumer: the operator's own, minus its secrets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsumerKafka {
+    /// `KAFKA_SECURITY_PROTOCOL`; left out when plaintext (the consumers' default), so a plaintext
+    /// operator renders the same Deployments as before these settings existed.
+    pub protocol: SecurityProtocol,
+    /// `KAFKA_SASL_MECHANISM`, with a SASL protocol.
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// `KAFKA_SASL_USERNAME`, with a SASL protocol (not a secret). The password is never copied:
+    /// consumers read key [`SASL_PASSWORD_KEY`] of the consumer Secret.
+    pub sasl_username: Option<String>,
+    /// `KAFKA_PROPERTY_*` variables by name, passed as plain values (only properties that hold no
+    /// secret; see `config`).
+    pub properties: BTreeMap<String, String>,
+    /// Secret key with the brokers' CA, mounted at [`KAFKA_CA_DIR`]/[`KAFKA_CA_FILE`] and named by
+    /// `KAFKA_SSL_CA_LOCATION` when the protocol uses TLS; `None` means the system CAs.
+    pub ca: Option<SecretKeyRef>,
+}
+
+/// One key of a Secret in the resource's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    pub secret: String,
+    /// Key in the Secret.
+    pub key: String,
+}
+
+impl ConsumerKafka {
+    /// The CA to mount: only with TLS (a consumer refuses `KAFKA_SSL_CA_LOCATION` without it).
+    fn mounted_ca(&self) -> Option<&SecretKeyRef> {
+        self.ca.as_ref().filter(|_| self.protocol.uses_tls())
+    }
+
+    /// The consumers' Kafka security variables, in a fixed order.
+    fn env(&self, consumer_secret: &str) -> Vec<EnvVar> {
+        let mut vars = vec![];
+        if self.protocol != SecurityProtocol::Plaintext {
+            vars.push(env("KAFKA_SECURITY_PROTOCOL", self.protocol.as_str()));
+        }
+        if self.protocol.uses_sasl() {
+            if let Some(mechanism) = self.sasl_mechanism {
+                vars.push(env("KAFKA_SASL_MECHANISM", mechanism.as_str()));
+            }
+            if let Some(username) = &self.sasl_username {
+                vars.push(env("KAFKA_SASL_USERNAME", username));
+            }
+            vars.push(secret_env(consumer_secret, SASL_PASSWORD_KEY));
+        }
+        if self.mounted_ca().is_some() {
+            vars.push(env(
+                "KAFKA_SSL_CA_LOCATION",
+                format!("{KAFKA_CA_DIR}/{KAFKA_CA_FILE}"),
+            ));
+        }
+        vars.extend(self.properties.iter().map(|(name, value)| env(name, value)));
+        vars
+    }
 }
 
 /// Longest label value Kubernetes accepts.
@@ -153,6 +230,7 @@ pub fn consumer_env(pc: &ProfileConsumer, settings: &Settings, group_id: &str) -
             .iter()
             .map(|key| secret_env(&settings.consumer_secret, key)),
     );
+    vars.extend(settings.kafka.env(&settings.consumer_secret));
     if let Some(endpoint) = &settings.otel_endpoint {
         vars.push(env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint));
     }
@@ -204,6 +282,41 @@ pub fn build(
         .clone()
         .unwrap_or_else(|| settings.consumer_image.clone());
 
+    // The root filesystem is read-only; give the process a writable /tmp.
+    let mut volume_mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    if let Some(ca) = settings.kafka.mounted_ca() {
+        volume_mounts.push(VolumeMount {
+            name: KAFKA_CA_VOLUME.into(),
+            mount_path: KAFKA_CA_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        // Not optional: without its CA a consumer cannot verify the brokers, so the pod waits
+        // (event FailedMount naming the Secret) instead of starting and failing its handshakes.
+        volumes.push(Volume {
+            name: KAFKA_CA_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.secret.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ca.key.clone(),
+                    path: KAFKA_CA_FILE.into(),
+                    mode: None,
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+
     let container = Container {
         name: CONTAINER_NAME.into(),
         image: Some(image),
@@ -227,12 +340,7 @@ pub fn build(
             }),
             ..SecurityContext::default()
         }),
-        // The root filesystem is read-only; give the process a writable /tmp.
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".into(),
-            mount_path: "/tmp".into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(volume_mounts),
         ..Container::default()
     };
 
@@ -280,11 +388,7 @@ pub fn build(
                         }),
                         ..PodSecurityContext::default()
                     }),
-                    volumes: Some(vec![Volume {
-                        name: "tmp".into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
             },
@@ -309,6 +413,7 @@ pub(crate) mod tests {
             otel_protocol: None,
             image_pull_secrets: vec![],
             service_account: None,
+            kafka: ConsumerKafka::default(),
         }
     }
 
@@ -774,6 +879,240 @@ pub(crate) mod tests {
         );
         // Short names are used as they are.
         assert_eq!(instance(&resource("audit", spec())), "audit");
+    }
+
+    fn sasl_ssl() -> Settings {
+        let mut cfg = settings();
+        cfg.kafka = ConsumerKafka {
+            protocol: SecurityProtocol::SaslSsl,
+            sasl_mechanism: Some(SaslMechanism::ScramSha512),
+            sasl_username: Some("statecast".into()),
+            properties: BTreeMap::from([
+                (
+                    "KAFKA_PROPERTY_CLIENT_ID".into(),
+                    "statecast-consumer".into(),
+                ),
+                ("KAFKA_PROPERTY_FETCH_WAIT_MAX_MS".into(), "100".into()),
+            ]),
+            ca: Some(SecretKeyRef {
+                secret: "kafka-ca".into(),
+                key: "tls.ca".into(),
+            }),
+        };
+        cfg
+    }
+
+    fn env_entry(d: &Deployment, name: &str) -> Option<EnvVar> {
+        container(d)
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == name)
+            .cloned()
+    }
+
+    fn env_names(d: &Deployment) -> Vec<String> {
+        container(d)
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| e.name.clone())
+            .collect()
+    }
+
+    fn pod(d: &Deployment) -> &PodSpec {
+        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    #[test]
+    fn a_sasl_ssl_operator_passes_its_settings_and_only_a_reference_to_the_password() {
+        let d = build(&resource("cr", spec()), &sasl_ssl(), "g", 1).unwrap();
+        assert_eq!(
+            env_value(&d, "KAFKA_SECURITY_PROTOCOL").as_deref(),
+            Some("sasl_ssl")
+        );
+        assert_eq!(
+            env_value(&d, "KAFKA_SASL_MECHANISM").as_deref(),
+            Some("SCRAM-SHA-512")
+        );
+        assert_eq!(
+            env_value(&d, "KAFKA_SASL_USERNAME").as_deref(),
+            Some("statecast")
+        );
+        assert_eq!(
+            env_value(&d, "KAFKA_PROPERTY_CLIENT_ID").as_deref(),
+            Some("statecast-consumer")
+        );
+        assert_eq!(
+            env_value(&d, "KAFKA_PROPERTY_FETCH_WAIT_MAX_MS").as_deref(),
+            Some("100")
+        );
+        let password = env_entry(&d, "KAFKA_SASL_PASSWORD").unwrap();
+        assert_eq!(password.value, None, "never inline");
+        assert_eq!(
+            password.value_from.unwrap().secret_key_ref.unwrap(),
+            SecretKeySelector {
+                name: "statecast-consumer".into(),
+                key: "KAFKA_SASL_PASSWORD".into(),
+                optional: Some(true),
+            }
+        );
+        assert_eq!(env_entry(&d, "KAFKA_SASL_PASSWORD_FILE"), None);
+        // The CA: the Secret's key mounted read-only as ca.crt, and named by the variable.
+        assert_eq!(
+            env_value(&d, "KAFKA_SSL_CA_LOCATION").as_deref(),
+            Some("/etc/statecast/kafka-ca/ca.crt")
+        );
+        let mount = container(&d)
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.mount_path == "/etc/statecast/kafka-ca")
+            .unwrap();
+        assert_eq!(mount.read_only, Some(true));
+        let volume = pod(&d)
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("kafka-ca"));
+        assert_eq!(
+            secret.items.as_ref().unwrap(),
+            &[KeyToPath {
+                key: "tls.ca".into(),
+                path: "ca.crt".into(),
+                mode: None,
+            }]
+        );
+        assert_eq!(secret.optional, None, "a missing CA Secret holds the pod");
+        // The security variables sit between the Secret's keys and OTEL_*.
+        let names = env_names(&d);
+        let at = |name: &str| names.iter().position(|n| n == name).unwrap();
+        assert!(at("SMTP_URL") < at("KAFKA_SECURITY_PROTOCOL"));
+        assert!(at("KAFKA_PROPERTY_FETCH_WAIT_MAX_MS") < at("OTEL_SERVICE_NAME"));
+        let value = serde_json::to_value(&d).unwrap();
+        assert_eq!(list_map_duplicates(&value), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_plaintext_operator_adds_no_security_env_or_volume_but_passes_its_properties() {
+        let d = build(&resource("cr", spec()), &settings(), "g", 1).unwrap();
+        assert!(
+            !env_names(&d)
+                .iter()
+                .any(|n| n.starts_with("KAFKA_S") || n.starts_with("KAFKA_PROPERTY_")),
+            "{:?}",
+            env_names(&d)
+        );
+        assert_eq!(pod(&d).volumes.as_ref().unwrap().len(), 1);
+        assert_eq!(container(&d).volume_mounts.as_ref().unwrap().len(), 1);
+
+        let mut cfg = settings();
+        cfg.kafka.properties =
+            BTreeMap::from([("KAFKA_PROPERTY_CLIENT_ID".into(), "statecast".into())]);
+        // A CA Secret without TLS is not mounted: the consumer would refuse KAFKA_SSL_CA_LOCATION.
+        cfg.kafka.ca = Some(SecretKeyRef {
+            secret: "kafka-ca".into(),
+            key: "ca.crt".into(),
+        });
+        let d = build(&resource("cr", spec()), &cfg, "g", 1).unwrap();
+        assert_eq!(
+            env_value(&d, "KAFKA_PROPERTY_CLIENT_ID").as_deref(),
+            Some("statecast")
+        );
+        assert_eq!(env_entry(&d, "KAFKA_SECURITY_PROTOCOL"), None);
+        assert_eq!(env_entry(&d, "KAFKA_SSL_CA_LOCATION"), None);
+        assert_eq!(pod(&d).volumes.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn ssl_gets_no_password_and_sasl_plaintext_no_ca() {
+        let mut cfg = sasl_ssl();
+        cfg.kafka.protocol = SecurityProtocol::Ssl;
+        cfg.kafka.sasl_mechanism = None;
+        cfg.kafka.sasl_username = None;
+        cfg.kafka.ca = None;
+        let d = build(&resource("cr", spec()), &cfg, "g", 1).unwrap();
+        assert_eq!(
+            env_value(&d, "KAFKA_SECURITY_PROTOCOL").as_deref(),
+            Some("ssl")
+        );
+        for name in [
+            "KAFKA_SASL_MECHANISM",
+            "KAFKA_SASL_USERNAME",
+            "KAFKA_SASL_PASSWORD",
+            // No CA Secret: the consumer's default `probe` (the system CAs).
+            "KAFKA_SSL_CA_LOCATION",
+        ] {
+            assert_eq!(env_entry(&d, name), None, "{name}");
+        }
+
+        let mut cfg = sasl_ssl();
+        cfg.kafka.protocol = SecurityProtocol::SaslPlaintext;
+        let d = build(&resource("cr", spec()), &cfg, "g", 1).unwrap();
+        assert!(env_entry(&d, "KAFKA_SASL_PASSWORD").is_some());
+        assert_eq!(env_entry(&d, "KAFKA_SSL_CA_LOCATION"), None);
+        assert_eq!(pod(&d).volumes.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn spec_env_overrides_the_kafka_settings_in_place_and_each_name_appears_once() {
+        let without = build(&resource("cr", spec()), &sasl_ssl(), "g", 1).unwrap();
+        let mut s = spec();
+        let tenant_password = EnvVar {
+            name: "KAFKA_SASL_PASSWORD".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: "tenant-a-kafka".into(),
+                    key: "password".into(),
+                    optional: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        };
+        s.env = vec![
+            user_env("KAFKA_SASL_USERNAME", "tenant-a"),
+            tenant_password.clone(),
+            user_env("KAFKA_PROPERTY_CLIENT_ID", "tenant-a"),
+            user_env("KAFKA_SSL_CA_LOCATION", "probe"),
+            // An empty value counts as unset for the consumer: this is how a resource drops one.
+            user_env("KAFKA_SASL_MECHANISM", ""),
+            user_env("KAFKA_PROPERTY_CLIENT_RACK", "eu-west-1a"),
+        ];
+        let d = build(&resource("cr", s), &sasl_ssl(), "g", 1).unwrap();
+        let names = env_names(&d);
+        assert_eq!(
+            names[..names.len() - 1],
+            env_names(&without)[..],
+            "overrides keep the operator's order"
+        );
+        assert_eq!(
+            names.last().map(String::as_str),
+            Some("KAFKA_PROPERTY_CLIENT_RACK")
+        );
+        assert_eq!(
+            env_value(&d, "KAFKA_SASL_USERNAME").as_deref(),
+            Some("tenant-a")
+        );
+        assert_eq!(env_entry(&d, "KAFKA_SASL_PASSWORD"), Some(tenant_password));
+        assert_eq!(
+            env_value(&d, "KAFKA_PROPERTY_CLIENT_ID").as_deref(),
+            Some("tenant-a")
+        );
+        assert_eq!(
+            env_value(&d, "KAFKA_SSL_CA_LOCATION").as_deref(),
+            Some("probe")
+        );
+        assert_eq!(env_value(&d, "KAFKA_SASL_MECHANISM").as_deref(), Some(""));
+        let value = serde_json::to_value(&d).unwrap();
+        assert_eq!(list_map_duplicates(&value), Vec::<String>::new());
     }
 
     #[test]

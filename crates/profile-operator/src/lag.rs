@@ -10,6 +10,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
+use statecast_kafka::KafkaSecurity;
 
 use crate::{Error, Result};
 
@@ -33,15 +34,23 @@ pub trait LagReader: Send + Sync + 'static {
 pub struct KafkaLagReader {
     brokers: String,
     timeout: Duration,
+    security: KafkaSecurity,
 }
 
 impl KafkaLagReader {
-    /// A reader for the cluster at `brokers` (bootstrap servers), with a per-call `timeout`.
+    /// A plaintext reader for the cluster at `brokers` (bootstrap servers), with a per-call
+    /// `timeout`.
     pub fn new(brokers: impl Into<String>, timeout: Duration) -> Self {
         Self {
             brokers: brokers.into(),
             timeout,
+            security: KafkaSecurity::default(),
         }
+    }
+
+    /// The same reader connecting with `security` (TLS, SASL, pass-through properties).
+    pub fn with_security(self, security: KafkaSecurity) -> Self {
+        Self { security, ..self }
     }
 }
 
@@ -52,12 +61,13 @@ fn kafka(context: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> Error + '_
 impl LagReader for KafkaLagReader {
     fn read_lag(&self, group_id: &str, topics: &[String]) -> Result<GroupLag> {
         // A consumer that never subscribes: it only looks up offsets, so it never joins the group.
-        let consumer: BaseConsumer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", group_id)
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(kafka("creating consumer"))?;
+            .set("enable.auto.commit", "false");
+        self.security.apply(&mut config);
+        let consumer: BaseConsumer = config.create().map_err(kafka("creating consumer"))?;
 
         let mut tpl = TopicPartitionList::new();
         for topic in topics {

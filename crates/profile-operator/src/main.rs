@@ -48,6 +48,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn operate(args: RunArgs) -> anyhow::Result<()> {
+    // Refused before anything connects; the message names the variable.
+    let kafka = args.kafka_security()?;
+    tracing::info!(kafka = ?kafka, "Kafka client settings of the lag reader");
     // SIGTERM/SIGINT flip this; every long-running part watches it.
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -107,13 +110,15 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
+    // The consumers get the same settings, minus the secrets (see RunArgs::settings).
+    let settings = args.settings(&kafka);
     let ctx = Arc::new(Context::new(
         client,
-        args.settings(),
-        Arc::new(KafkaLagReader::new(
-            args.kafka_brokers.clone(),
-            Duration::from_secs(10),
-        )),
+        settings,
+        Arc::new(
+            KafkaLagReader::new(args.kafka_brokers.clone(), Duration::from_secs(10))
+                .with_security(kafka),
+        ),
         Reporter {
             controller: "profile-operator".into(),
             instance: Some(holder),

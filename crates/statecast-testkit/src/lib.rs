@@ -11,6 +11,7 @@
 //! - connection settings: [`database_url`], [`redis_url`], [`kafka_brokers`], [`smtp_url`], [`maildir`]
 //! - [`fresh_database`], [`create_topic`], [`unique`]
 //! - [`FaultProxy`], [`PrivateBroker`]
+//! - [`secured`]: [`SecuredBroker`], a private broker behind TLS and/or SASL/SCRAM
 //! - [`cel_violations`]: a CRD's CEL rules evaluated offline
 //! - [`oneshot_get`]: a GET answered by an axum router in process
 //! - [`tls`]: the TLS-only PostgreSQL and Redis of the stack ([`tls::TlsStack`]) and a CA that
@@ -18,9 +19,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod cel_rules;
+pub mod secured;
 pub mod tls;
 
 pub use cel_rules::cel_violations;
+pub use secured::SecuredBroker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +57,14 @@ pub fn database_url() -> String {
 /// The stack's Redis (`REDIS_URL`).
 pub fn redis_url() -> String {
     env_or("REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+/// `host:port` of a service URL (`scheme://[user:password@]host:port[/path][?query]`), e.g. to
+/// put a fault proxy in front of the stack's PostgreSQL or Redis, whatever port they are on.
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.split(['/', '?']).next().unwrap_or(rest);
+    rest.rsplit_once('@').map_or(rest, |(_, r)| r).to_owned()
 }
 
 /// The stack's broker (`KAFKA_BROKERS`).
@@ -295,7 +306,7 @@ impl Drop for PrivateBroker {
     }
 }
 
-fn tansu_bin() -> PathBuf {
+pub(crate) fn tansu_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("TANSU_BIN") {
         return PathBuf::from(bin);
     }
@@ -321,4 +332,19 @@ pub async fn oneshot_get(router: axum::Router, uri: &str) -> (axum::http::Status
         .await
         .unwrap();
     (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_port;
+
+    #[test]
+    fn host_port_is_taken_from_any_service_url() {
+        assert_eq!(
+            host_port("postgres://u:p@127.0.0.1:5433/db?sslmode=disable"),
+            "127.0.0.1:5433"
+        );
+        assert_eq!(host_port("redis://127.0.0.1:6380"), "127.0.0.1:6380");
+        assert_eq!(host_port("smtp://127.0.0.1:2526/"), "127.0.0.1:2526");
+    }
 }

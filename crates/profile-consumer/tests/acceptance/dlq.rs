@@ -180,6 +180,97 @@ async fn a_database_cut_far_longer_than_the_retry_budget_dead_letters_nothing_an
     audit.stop().await;
 }
 
+/// Produces `event` to `partition` of `topic` explicitly.
+async fn produce_to(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    partition: i32,
+    event: &statecast_events::ProfileEvent,
+) {
+    let payload = event.to_json();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(topic)
+                .partition(partition)
+                .key(&event.subject)
+                .payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_record_waiting_for_its_dependency_pauses_only_its_partition() {
+    let db = statecast_testkit::fresh_database().await.unwrap();
+    let topic = support::topic("pause", 2).await;
+    let mut config = support::config(&topic, HandlerKind::Audit, Some(&db));
+    config.retry_max_backoff_ms = 200;
+    let audit = Running::ready(config).await;
+    // The dependency of one record is "down": a serialization failure (SQLSTATE 40001, a
+    // transient error) for as long as the flag is set.
+    let pool = support::pool(&db).await;
+    sqlx::raw_sql(
+        "create table blocked (on_ boolean not null); insert into blocked values (true); \
+         create function refuse_stuck() returns trigger language plpgsql as $$ begin \
+           if new.user_id = 'stuck' and (select on_ from blocked) then \
+             raise exception 'stuck is busy' using errcode = '40001'; end if; \
+           return new; end $$; \
+         create trigger refuse_stuck before insert on audit_log \
+           for each row execute function refuse_stuck();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let producer = support::producer();
+    let ev = |user: &str| support::event(EventType::UserCreated, user, 1, "p@example.com", "PT");
+    produce_to(&producer, &topic, 0, &ev("stuck")).await;
+    for i in 0..5 {
+        produce_to(&producer, &topic, 0, &ev(&format!("behind-{i}"))).await;
+        produce_to(&producer, &topic, 1, &ev(&format!("free-{i}"))).await;
+    }
+    // Partition 1 flows; partition 0 waits behind its stuck record, in order.
+    support::wait_until("partition 1 handled", Duration::from_secs(30), || async {
+        support::count(
+            &pool,
+            "select count(*) from audit_log where user_id like 'free-%'",
+        )
+        .await
+            == 5
+    })
+    .await;
+    audit.wait_metric("consumer_paused_partitions", 1.0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        support::count(
+            &pool,
+            "select count(*) from audit_log where user_id like 'behind-%'"
+        )
+        .await,
+        0,
+        "records behind the stuck one wait for it"
+    );
+    assert_eq!(audit.records("dlq").await, 0.0);
+    sqlx::query("update blocked set on_ = false")
+        .execute(&pool)
+        .await
+        .unwrap();
+    support::wait_until("partition 0 handled", Duration::from_secs(30), || async {
+        support::count(&pool, "select count(*) from audit_log").await == 11
+    })
+    .await;
+    let order: Vec<String> = sqlx::query_scalar(
+        "select user_id from audit_log where user_id = 'stuck' or user_id like 'behind-%' order by id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(order[0], "stuck", "per-partition order kept: {order:?}");
+    assert_eq!(audit.metric("consumer_paused_partitions").await, 0.0);
+    audit.stop().await;
+}
+
 #[tokio::test]
 async fn an_unknown_failure_is_dead_lettered_after_max_retries_and_replayed_once_fixed() {
     let db = statecast_testkit::fresh_database().await.unwrap();
@@ -207,6 +298,7 @@ async fn an_unknown_failure_is_dead_lettered_after_max_retries_and_replayed_once
         .unwrap();
     let args = profile_consumer::replay::ReplayArgs {
         kafka_brokers: statecast_testkit::kafka_brokers(),
+        kafka: Default::default(),
         kafka_group_id: group.clone(),
         dlq_topic: format!("{topic}.dlq"),
         dry_run: false,

@@ -45,6 +45,9 @@ pub(crate) fn config(topic: &str, handler: HandlerKind, database_url: Option<&st
     config.kafka_session_timeout_ms = 6000;
     config.kafka_statistics_interval_ms = 1000;
     config.retry_base_backoff_ms = 50;
+    // Tests produce before the consumer starts; the email handler's default (`latest`) would
+    // skip those records. Tests of the start position set it themselves.
+    config.kafka_start_position = Some(profile_consumer::StartPosition::Earliest);
     config
 }
 
