@@ -1,5 +1,5 @@
 //! The TLS-only PostgreSQL and Redis of `scripts/stack up` (ports 5442 and 6389, certificates of
-//! a CA made at the first `up` under `.stack/tls`), and a CA that signed none of them.
+//! a CA made at the first `up` on the machine, under `~/.cache/statecast/tools/tls`), and a CA that signed none of them.
 //!
 //! Tests that need them fail (never skip) when `scripts/stack env` has not been evaluated: a
 //! TLS test that passes by not running would hide exactly the regression it is for.
