@@ -443,6 +443,44 @@ def test_every_helper_define_has_a_comment_above_it():
                 assert lines[n - 1].strip() == "*/}}", f"{path.name}:{n + 1} {line} has no comment above"
 
 
+# Template functions whose output is data, not a chosen literal: a hash or a random string can
+# come out all digits ("8714474557913011") or as "1e5", which YAML reads as a number, and the
+# API server then refuses the object (an annotation, label or env value must be a string). Such
+# output happens to be valid most of the time, so only a check of the templates catches it.
+DATA_FUNCTIONS = ("sha256sum", "sha1sum", "sha512sum", "adler32sum", "randAlphaNum", "randAlpha",
+                  "randNumeric", "randAscii", "uuidv4", "now", "date", "htpasswd", "derivePassword",
+                  "b64enc", "b32enc")
+SCALAR_EXPRESSION = re.compile(r"^\s*(- )?[\w./-]+:\s*\{\{-?(?P<expr>.*?)-?\}\}\s*$")
+
+
+def unquoted_data_scalars(text):
+    found = []
+    for n, line in enumerate(text.splitlines(), 1):
+        m = SCALAR_EXPRESSION.match(line)
+        if not m:
+            continue
+        stages = [s.strip() for s in m.group("expr").split("|")]
+        if any(re.search(rf"\b{f}\b", m.group("expr")) for f in DATA_FUNCTIONS) \
+                and stages[-1] not in ("quote", "squote"):
+            found.append(f"{n}: {line.strip()}")
+    return found
+
+
+def test_hashed_or_random_template_values_are_quoted():
+    bad = []
+    for path in sorted((CHART / "templates").rglob("*")):
+        if path.suffix in (".yaml", ".tpl"):
+            bad += [f"{path.relative_to(CHART)}:{b}" for b in unquoted_data_scalars(path.read_text())]
+    assert not bad, "values that YAML may read as numbers; end the pipeline with | quote:\n" + "\n".join(bad)
+
+
+def test_the_quoting_check_itself_finds_an_unquoted_checksum():
+    # The line that failed CI once in ~2,000 renders (the checksum came out all digits).
+    line = "        checksum/secrets: {{ include \"x\" . | sha256sum | trunc 16 }}"
+    assert unquoted_data_scalars(line) == ["1: " + line.strip()]
+    assert unquoted_data_scalars(line.replace("trunc 16 }}", "trunc 16 | quote }}")) == []
+
+
 def test_templates_are_named_component_kind():
     kinds = {"deployment", "statefulset", "service", "serviceaccount", "secret", "ingress", "httproute",
              "hpa", "pdb", "clusterrole", "clusterrolebinding", "role", "rolebinding", "job", "pod",
