@@ -30,27 +30,61 @@ class Mention:
     context: str       # the code span or code line it came from
 
 
-def code_spans(text: str, doc: str = "<doc>") -> list:
-    """(line, content) of every inline code span and every line of a fenced block."""
+def inline_spans(text: str) -> list:
+    """(line, content) of every inline code span outside fenced blocks. A span may run over a
+    line break within a paragraph (Markdown allows it); table rows are taken one by one."""
     out = []
+    fenced = False
+    paragraph = []  # (line number, text)
+
+    def flush():
+        if not paragraph:
+            return
+        joined = "\n".join(t for _, t in paragraph)
+        starts = [n for n, t in paragraph for _ in range(len(t) + 1)]
+        for m in re.finditer(r"`([^`]+)`", joined):
+            out.append((starts[m.start()], m.group(1).replace("\n", " ")))
+        paragraph.clear()
+
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            flush()
+            fenced = not fenced
+            continue
+        if fenced:
+            continue
+        if not line.strip() or line.lstrip().startswith(("|", "#")):
+            flush()
+            if line.strip():
+                paragraph.append((number, line))
+                flush()
+            continue
+        paragraph.append((number, line))
+    flush()
+    return out
+
+
+def code_spans(text: str, doc: str = "<doc>") -> list:
+    """(line, content) of every inline code span and every command of a fenced block (lines
+    continued with a trailing backslash joined)."""
+    out = inline_spans(text)
     fenced = False
     pending = None  # (line, text) of a fenced command continued with a trailing backslash
     for number, line in enumerate(text.splitlines(), 1):
         if line.lstrip().startswith("```"):
             fenced = not fenced
             continue
-        if fenced:
-            if pending:
-                start, joined = pending
-                line, number = joined + " " + line.strip(), start
-            if line.rstrip().endswith("\\"):
-                pending = (number, line.rstrip()[:-1].rstrip())
-                continue
-            pending = None
-            out.append((number, line))
+        if not fenced:
             continue
-        out.extend((number, span) for span in re.findall(r"`([^`]+)`", line))
-    return out
+        if pending:
+            start, joined = pending
+            line, number = joined + " " + line.strip(), start
+        if line.rstrip().endswith("\\"):
+            pending = (number, line.rstrip()[:-1].rstrip())
+            continue
+        pending = None
+        out.append((number, line))
+    return sorted(out, key=lambda item: item[0])
 
 
 def command_of(span: str) -> str:
@@ -108,20 +142,13 @@ def header_mentions(text: str, doc: str = "<doc>") -> list:
     (`x-cache`, `dlq-reason`, `If-None-Match`, `traceparent`, ...). Code blocks are left out:
     their `-H 'name: value'` arguments are run by the README check."""
     out = []
-    fenced = False
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
-            continue
-        if fenced:
-            continue
-        for span in re.findall(r"`([^`]+)`", line):
-            span = span.strip()
-            m = _HEADER_VALUE.match(span)
-            if m:
-                out.append(Mention(doc, number, m.group(1), span))
-            elif _HEADER_NAME.match(span):
-                out.append(Mention(doc, number, span, span))
+    for number, span in inline_spans(text):
+        span = span.strip()
+        m = _HEADER_VALUE.match(span)
+        if m:
+            out.append(Mention(doc, number, m.group(1), span))
+        elif _HEADER_NAME.match(span):
+            out.append(Mention(doc, number, span, span))
     return out
 
 

@@ -134,6 +134,27 @@ def check_label_values(text):
     return problems
 
 
+def check_server_side_apply(all_docs):
+    """manifests/install/statecast.yaml (and the CRD) must be applied with --server-side, as the
+    manifest's header says: every `kubectl apply ... manifests/...` the docs show has it."""
+    header = docsrc.read("manifests/install/statecast.yaml").split("\n---", 1)[0]
+    assert "kubectl apply --server-side" in header
+    return [f"{doc}:{line}: {span!r} lacks --server-side"
+            for doc, text in all_docs.items() for line, span in docsrc.code_spans(text, doc)
+            if "kubectl apply" in span and "manifests/" in span and "--server-side" not in span]
+
+
+def test_every_kubectl_apply_of_the_manifests_is_server_side():
+    report(check_server_side_apply(docs()))
+
+
+def test_a_client_side_apply_fails():
+    doc = {"fake.md": "Plain kubectl: `kubectl apply -f\nmanifests/install/`."}
+    assert check_server_side_apply(doc)
+    # A span over a line break is one span.
+    assert docsrc.inline_spans("a `kubectl apply\n-f x` b") == [(1, "kubectl apply -f x")]
+
+
 # --- ports, prerequisites --------------------------------------------------------------------
 
 def stack_ports() -> dict:
