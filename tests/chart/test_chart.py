@@ -587,8 +587,12 @@ def test_default_consumers_are_the_four_handlers_in_their_own_groups(helm):
     specs = {pc["spec"]["handler"]: pc["spec"] for pc in consumers}
     assert set(specs) == {"audit", "analytics", "email", "cache-refresh"}
     for handler, spec in specs.items():
+        # logLevel reaches every consumer, api.cacheTtlSeconds the cache-refresh one.
+        env = [{"name": "RUST_LOG", "value": "info"}]
+        if handler == "cache-refresh":
+            env.append({"name": "CACHE_TTL_SECONDS", "value": "3600"})
         assert spec == {"handler": handler, "groupId": f"statecast-{handler}", "topics": ["user-events"],
-                        "replicas": 1}
+                        "replicas": 1, "env": env}
 
 
 def test_topic_job_starts_with_the_release_waits_for_kafka_and_creates_both_topics(helm):
