@@ -335,7 +335,7 @@ fn profile_schemas() -> Vec<(&'static str, Value)> {
             "EtagCondition",
             json!({
                 "type": "string",
-                "description": "`*`, or a comma-separated list of entity tags: `\"3\"`, `W/\"3\"`",
+                "description": "`*`, or a comma-separated list of entity tags (`\"3\"`, `W/\"3\"`; empty elements allowed: an empty list matches nothing)",
                 "pattern": *validate::ETAG_CONDITION_PATTERN,
             }),
         ),

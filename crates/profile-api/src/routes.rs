@@ -13,7 +13,7 @@ use axum::extract::{
     DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
 };
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -37,6 +37,14 @@ pub(crate) const MERGE_PATCH: &str = "application/merge-patch+json";
 const X_CACHE: &str = "x-cache";
 /// The route of one profile; the auth layer authorizes on its decoded `{id}`.
 pub(crate) const PROFILE_ROUTE: &str = "/v1/profiles/{id}";
+/// The methods [`PROFILE_ROUTE`] serves (HEAD with GET); others are 405 before any auth.
+pub(crate) const PROFILE_METHODS: [Method; 5] = [
+    Method::GET,
+    Method::HEAD,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
 
 /// The whole HTTP API.
 pub(crate) fn router(state: Arc<AppState>) -> Router {

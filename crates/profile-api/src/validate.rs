@@ -70,12 +70,14 @@ pub(crate) static COUNTRY_CODES: LazyLock<Vec<&'static str>> = LazyLock::new(|| 
         .collect()
 });
 
-/// `If-Match` / `If-None-Match` (RFC 9110, section 13.1): `*`, or a comma-separated list of
-/// entity tags, strong (`"3"`) or weak (`W/"3"`), with optional spaces or tabs around the
-/// commas. Only visible ASCII: a header with other bytes is refused before this is consulted.
+/// `If-Match` / `If-None-Match` (RFC 9110, section 13.1): `*`, or a comma-separated list
+/// (`#entity-tag`, section 5.6.1: empty elements allowed, so an empty value is an empty list that
+/// matches nothing) of entity tags, strong (`"3"`) or weak (`W/"3"`), with optional spaces or
+/// tabs around the commas. Only visible ASCII: a header with other bytes is refused before this
+/// is consulted.
 pub(crate) static ETAG_CONDITION_PATTERN: LazyLock<String> = LazyLock::new(|| {
     let tag = r#"(?:W/)?"[\x21\x23-\x7E]*""#;
-    format!(r"^[ \t]*(?:\*|{tag}(?:[ \t]*,[ \t]*{tag})*)[ \t]*$")
+    format!(r"^[ \t]*(?:\*|(?:{tag})?(?:[ \t]*,[ \t]*(?:{tag})?)*)[ \t]*$")
 });
 
 /// An ETag this API sends: `"<version>"`.
@@ -161,6 +163,38 @@ pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))
 }
 
+/// What is wrong with a string `value` of writable field `field`, if anything.
+fn invalid_text(field: &str, value: &str) -> Option<String> {
+    match field {
+        "name" if !is_valid_name(value) => Some(format!(
+            "must be 1-{NAME_MAX_LENGTH} characters, not all white space, without control \
+             characters"
+        )),
+        "email" if !is_valid_email(value) => Some(format!(
+            "must be an e-mail address local@domain of at most {EMAIL_MAX_LENGTH} characters \
+             (ASCII dot-atom local part of at most {EMAIL_LOCAL_MAX_LENGTH}, host name domain)"
+        )),
+        "country" if !is_valid_country(value) => {
+            Some("must be an ISO 3166-1 alpha-2 code in upper case, e.g. PT".to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// A member of a body that names no writable field: server-managed or unknown.
+fn not_writable(key: &str, verb: &str) -> Option<FieldError> {
+    if SERVER_FIELDS.contains(&key) {
+        Some(FieldError::new(
+            key,
+            format!("is managed by the server and cannot be {verb}"),
+        ))
+    } else if INPUT_FIELDS.contains(&key) {
+        None
+    } else {
+        Some(FieldError::new(key, "unknown field"))
+    }
+}
+
 /// Validates a full profile body, naming every bad field.
 pub(crate) fn profile_input(value: &Value) -> Result<ProfileInput, ApiError> {
     let Value::Object(map) = value else {
@@ -168,61 +202,20 @@ pub(crate) fn profile_input(value: &Value) -> Result<ProfileInput, ApiError> {
             "the body must be a JSON object".to_owned(),
         ));
     };
-    let mut errors = Vec::new();
-    for key in map.keys() {
-        if SERVER_FIELDS.contains(&key.as_str()) {
-            errors.push(FieldError::new(
-                key,
-                "is managed by the server and cannot be set",
-            ));
-        } else if !INPUT_FIELDS.contains(&key.as_str()) {
-            errors.push(FieldError::new(key, "unknown field"));
-        }
-    }
+    let mut errors: Vec<FieldError> = map.keys().filter_map(|k| not_writable(k, "set")).collect();
     let mut text = |field: &str| -> Option<String> {
-        match map.get(field) {
-            None | Some(Value::Null) => {
-                errors.push(FieldError::new(field, "is required"));
-                None
-            }
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => {
-                errors.push(FieldError::new(field, "must be a string"));
-                None
-            }
-        }
+        let problem = match map.get(field) {
+            None | Some(Value::Null) => "is required".to_owned(),
+            Some(Value::String(s)) => match invalid_text(field, s) {
+                None => return Some(s.clone()),
+                Some(problem) => problem,
+            },
+            Some(_) => "must be a string".to_owned(),
+        };
+        errors.push(FieldError::new(field, problem));
+        None
     };
     let (name, email, country) = (text("name"), text("email"), text("country"));
-    if let Some(name) = &name
-        && !is_valid_name(name)
-    {
-        errors.push(FieldError::new(
-            "name",
-            format!(
-                "must be 1-{NAME_MAX_LENGTH} characters, not all white space, without control \
-                 characters"
-            ),
-        ));
-    }
-    if let Some(email) = &email
-        && !is_valid_email(email)
-    {
-        errors.push(FieldError::new(
-            "email",
-            format!(
-                "must be an e-mail address local@domain of at most {EMAIL_MAX_LENGTH} characters \
-                 (ASCII dot-atom local part of at most {EMAIL_LOCAL_MAX_LENGTH}, host name domain)"
-            ),
-        ));
-    }
-    if let Some(country) = &country
-        && !is_valid_country(country)
-    {
-        errors.push(FieldError::new(
-            "country",
-            "must be an ISO 3166-1 alpha-2 code in upper case, e.g. PT",
-        ));
-    }
     match (name, email, country) {
         (Some(name), Some(email), Some(country)) if errors.is_empty() => Ok(ProfileInput {
             name,
@@ -233,23 +226,25 @@ pub(crate) fn profile_input(value: &Value) -> Result<ProfileInput, ApiError> {
     }
 }
 
-/// The members of a merge patch that name no writable field, as 422 field errors: server-managed
-/// fields, and unknown ones (even with `null`, which would remove nothing: a patch names only
-/// what a profile has).
+/// The members of a merge patch that no current profile could take, as 422 field errors:
+/// server-managed and unknown fields (even with `null`, which would remove nothing: a patch
+/// names only what a profile has), `null` for a writable field (each is required), and values
+/// that are not valid for their field. Checked before the database is asked, so an invalid
+/// patch is 422 whatever the state (not 404 or 412). A patch that passes leaves a valid
+/// profile from any valid one.
 pub(crate) fn patch_member_errors(patch: &serde_json::Map<String, Value>) -> Vec<FieldError> {
     patch
-        .keys()
-        .filter_map(|k| {
-            if SERVER_FIELDS.contains(&k.as_str()) {
-                Some(FieldError::new(
-                    k,
-                    "is managed by the server and cannot be patched",
-                ))
-            } else if INPUT_FIELDS.contains(&k.as_str()) {
-                None
-            } else {
-                Some(FieldError::new(k, "unknown field"))
+        .iter()
+        .filter_map(|(key, value)| {
+            if let Some(error) = not_writable(key, "patched") {
+                return Some(error);
             }
+            let problem = match value {
+                Value::Null => "is required and cannot be removed".to_owned(),
+                Value::String(s) => invalid_text(key, s)?,
+                _ => "must be a string".to_owned(),
+            };
+            Some(FieldError::new(key, problem))
         })
         .collect()
 }
@@ -403,6 +398,19 @@ mod tests {
     }
 
     #[test]
+    fn patch_members_no_profile_could_take_are_named_before_any_state_is_read() {
+        let members = |v: Value| patch_member_errors(v.as_object().unwrap());
+        assert!(members(json!({})).is_empty());
+        assert!(members(json!({"name": "B", "email": "b@c.d", "country": "DE"})).is_empty());
+        let named = |v: Value| -> Vec<String> { members(v).into_iter().map(|e| e.field).collect() };
+        assert_eq!(named(json!({"name": null})), ["name"]);
+        assert_eq!(named(json!({"email": -1})), ["email"]);
+        assert_eq!(named(json!({"country": "pt", "name": "ok"})), ["country"]);
+        assert_eq!(named(json!({"nickname": null})), ["nickname"]);
+        assert_eq!(named(json!({"version": 2})), ["version"]);
+    }
+
+    #[test]
     fn etag_headers_parse_strong_weak_lists_and_star() {
         let parse = |h: &str| EtagCondition::parse(h).unwrap();
         assert_eq!(parse("\"3\""), EtagCondition::Versions(vec![3]));
@@ -412,6 +420,11 @@ mod tests {
         );
         assert_eq!(parse(" * "), EtagCondition::Any);
         assert_eq!(parse("\"\""), EtagCondition::Versions(vec![]));
+        // Empty list elements are allowed (RFC 9110, section 5.6.1), an empty list matches nothing.
+        assert_eq!(parse(""), EtagCondition::Versions(vec![]));
+        assert_eq!(parse(" , "), EtagCondition::Versions(vec![]));
+        assert_eq!(parse(",\"3\",,\"4\","), EtagCondition::Versions(vec![3, 4]));
+        assert!(!parse("").matches(Some(1)));
         assert!(parse("\"3\"").matches(Some(3)));
         assert!(!parse("\"3\"").matches(Some(4)));
         assert!(!parse("*").matches(None));
@@ -424,22 +437,8 @@ mod tests {
     #[test]
     fn malformed_etag_headers_are_refused() {
         for header in [
-            "",
-            " ",
-            "3",
-            "junk",
-            "\"3\",junk",
-            "\"3",
-            "3\"",
-            "W/3",
-            "w/\"3\"",
-            "\"a\"b\"",
-            "\"3\",",
-            ",\"3\"",
-            "*, \"3\"",
-            "**",
-            "\"3\" \"4\"",
-            "\"\u{7f}\"",
+            "3", "junk", "\"3\",junk", "\"3", "3\"", "W/3", "w/\"3\"", "\"a\"b\"", "*, \"3\"",
+            "**", "\"3\" \"4\"", "\"\u{7f}\"", ", *",
         ] {
             assert_eq!(EtagCondition::parse(header), None, "{header:?}");
         }

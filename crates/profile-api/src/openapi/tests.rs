@@ -257,7 +257,7 @@ fn etag_conditions_the_document_allows_are_the_ones_the_api_parses() {
             "*,\"1\"",
             "\"a\"b\"",
             "\"1\" \"2\"",
-            "\"1\"\t,\t\"2\"",
+            "\"1\"\t,\t\"2\"", ",", " , ,", ",\"1\",,W/\"2\",", ", *", "* ,",
         ]
         .map(String::from),
     );
