@@ -13,6 +13,7 @@ import hmac
 import json
 import os
 import time
+import urllib.parse
 
 import schemathesis
 
@@ -48,5 +49,7 @@ class ProfileSubjectToken:
         subject = (case.path_parameters or {}).get("id", "")
         if not isinstance(subject, str):
             subject = json.dumps(subject)
+        # The id as the API decodes it from the path (schemathesis holds it percent-encoded).
+        subject = urllib.parse.unquote(subject)
         case.headers = case.headers or {}
         case.headers["Authorization"] = f"Bearer {mint(subject)}"

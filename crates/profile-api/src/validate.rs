@@ -437,8 +437,19 @@ mod tests {
     #[test]
     fn malformed_etag_headers_are_refused() {
         for header in [
-            "3", "junk", "\"3\",junk", "\"3", "3\"", "W/3", "w/\"3\"", "\"a\"b\"", "*, \"3\"",
-            "**", "\"3\" \"4\"", "\"\u{7f}\"", ", *",
+            "3",
+            "junk",
+            "\"3\",junk",
+            "\"3",
+            "3\"",
+            "W/3",
+            "w/\"3\"",
+            "\"a\"b\"",
+            "*, \"3\"",
+            "**",
+            "\"3\" \"4\"",
+            "\"\u{7f}\"",
+            ", *",
         ] {
             assert_eq!(EtagCondition::parse(header), None, "{header:?}");
         }
