@@ -387,11 +387,14 @@ async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<JwkSet, reqwe
 /// The percent-decoded `{id}` of a request routed to `/v1/profiles/{id}`, by the same extractor
 /// the handler uses; `None` for other routes. An id that does not decode (not UTF-8) is refused
 /// here as the handler would refuse it.
+/// A method the route does not serve is `None` too: the router answers it 405 with `Allow`,
+/// whoever asks (authenticating first would answer 401 for a request no token makes valid).
 async fn profile_id(parts: &mut Parts) -> Result<Option<String>, ApiError> {
     let on_profile_route = parts
         .extensions
         .get::<MatchedPath>()
-        .is_some_and(|route| route.as_str() == crate::routes::PROFILE_ROUTE);
+        .is_some_and(|route| route.as_str() == crate::routes::PROFILE_ROUTE)
+        && crate::routes::PROFILE_METHODS.contains(&parts.method);
     if !on_profile_route {
         return Ok(None);
     }

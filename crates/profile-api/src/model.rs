@@ -1,19 +1,19 @@
-//! The profile as the API shows it, and the body a client sends. Kept apart from storage and
-//! cache code so the OpenAPI schemas come from exactly these types.
+//! The profile as the API shows it, and the body a client sends. Their OpenAPI schemas are
+//! written in `openapi.rs` from the rules `validate.rs` enforces (lengths, patterns, codes),
+//! and its tests check that every field here has its schema.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 /// A user profile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Profile {
-    /// User id, 1-64 of `[A-Za-z0-9_-]`.
+    /// User id, 1-64 of `[A-Za-z0-9_-]` (`validate::ID_PATTERN`).
     pub id: String,
-    /// Display name, 1-200 characters.
+    /// Display name, 1-200 characters (`validate::is_valid_name`).
     pub name: String,
-    /// E-mail address.
+    /// E-mail address (`validate::is_valid_email`).
     pub email: String,
     /// ISO 3166-1 alpha-2 country code, upper case.
     pub country: String,
@@ -24,7 +24,7 @@ pub struct Profile {
 }
 
 /// The client-writable part of a profile: the body of `PUT`, and what a merge patch must leave.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileInput {
     /// Display name, 1-200 characters.

@@ -13,7 +13,7 @@ use axum::extract::{
     DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
 };
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -22,22 +22,29 @@ use serde_json::Value;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use utoipa::{OpenApi as _, ToSchema};
+use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::model::Profile;
-use crate::openapi::ApiDoc;
-use crate::problem::{self, ApiError, FieldError};
+use crate::problem::{self, ApiError};
 use crate::store::{self, Change};
 use crate::validate::{self, EtagCondition};
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
-const JSON: &str = "application/json";
-const MERGE_PATCH: &str = "application/merge-patch+json";
+pub(crate) const JSON: &str = "application/json";
+pub(crate) const MERGE_PATCH: &str = "application/merge-patch+json";
 const X_CACHE: &str = "x-cache";
 /// The route of one profile; the auth layer authorizes on its decoded `{id}`.
 pub(crate) const PROFILE_ROUTE: &str = "/v1/profiles/{id}";
+/// The methods [`PROFILE_ROUTE`] serves (HEAD with GET); others are 405 before any auth.
+pub(crate) const PROFILE_METHODS: [Method; 5] = [
+    Method::GET,
+    Method::HEAD,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
 
 /// The whole HTTP API.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -141,9 +148,15 @@ fn condition(
     headers
         .get(&name)
         .map(|v| {
-            v.to_str()
-                .map(EtagCondition::parse)
-                .map_err(|_| ApiError::BadRequest(format!("{name} is not visible ASCII")))
+            let text = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest(format!("{name} is not visible ASCII")))?;
+            EtagCondition::parse(text).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{name} must be * or a comma-separated list of entity tags such as \"3\" \
+                     or W/\"3\""
+                ))
+            })
         })
         .transpose()
 }
@@ -171,28 +184,8 @@ fn profile_response(
     response
 }
 
-/// Get a profile.
-#[utoipa::path(
-    get,
-    path = "/v1/profiles/{id}",
-    tag = "profiles",
-    params(
-        ("id" = String, Path, description = "User id, 1-64 of [A-Za-z0-9_-]"),
-        ("If-None-Match" = Option<String>, Header, description = "ETag(s) the client holds: 304 when current"),
-    ),
-    responses(
-        (status = 200, description = "The profile", body = Profile, headers(
-            ("ETag" = String, description = "\"<version>\""),
-            ("x-cache" = String, description = "hit | miss | stale | bypass"),
-        )),
-        (status = 304, description = "Not modified"),
-        (status = 404, description = "No such profile", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid id", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token (unless PUBLIC_READS)", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit exceeded (Retry-After)", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable and not cached", body = problem::Problem, content_type = "application/problem+json"),
-    )
-)]
+/// Get a profile. (Its part of the OpenAPI document, like that of the other profile handlers, is
+/// written in `openapi.rs`, from the validation rules and the errors each can answer.)
 pub(crate) async fn get_profile(
     State(state): State<Arc<AppState>>,
     ProfileId(id): ProfileId,
@@ -218,29 +211,6 @@ pub(crate) async fn get_profile(
 }
 
 /// Create or replace a profile.
-#[utoipa::path(
-    put,
-    path = "/v1/profiles/{id}",
-    tag = "profiles",
-    params(
-        ("id" = String, Path, description = "User id, 1-64 of [A-Za-z0-9_-]"),
-        ("If-Match" = Option<String>, Header, description = "\"<version>\" the change is based on"),
-    ),
-    request_body(content = crate::model::ProfileInput, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Replaced", body = Profile),
-        (status = 201, description = "Created", body = Profile),
-        (status = 400, description = "Malformed JSON", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match failed", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Token may not change this profile", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit exceeded (Retry-After)", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = problem::Problem, content_type = "application/problem+json"),
-    )
-)]
 pub(crate) async fn put_profile(
     State(state): State<Arc<AppState>>,
     ProfileId(id): ProfileId,
@@ -265,30 +235,6 @@ pub(crate) async fn put_profile(
 }
 
 /// Change some fields with a JSON merge patch (RFC 7396).
-#[utoipa::path(
-    patch,
-    path = "/v1/profiles/{id}",
-    tag = "profiles",
-    params(
-        ("id" = String, Path, description = "User id, 1-64 of [A-Za-z0-9_-]"),
-        ("If-Match" = Option<String>, Header, description = "\"<version>\" the change is based on"),
-    ),
-    request_body(content = Object, content_type = "application/merge-patch+json",
-        description = "Members to set (null removes; id, version, updatedAt are refused)"),
-    responses(
-        (status = 200, description = "Patched", body = Profile),
-        (status = 400, description = "Malformed JSON", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such profile", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match failed", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Wrong content type", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid result or server field", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Token may not change this profile", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit exceeded (Retry-After)", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = problem::Problem, content_type = "application/problem+json"),
-    )
-)]
 pub(crate) async fn patch_profile(
     State(state): State<Arc<AppState>>,
     ProfileId(id): ProfileId,
@@ -298,19 +244,15 @@ pub(crate) async fn patch_profile(
     require_content_type(&headers, &[MERGE_PATCH, JSON])?;
     let if_match = condition(&headers, header::IF_MATCH)?;
     let patch: Value = validate::parse_json(&body)?;
-    // Refuse non-objects and server fields before touching the database.
+    // Refuse non-objects, server-managed and unknown fields before touching the database.
     let Value::Object(members) = &patch else {
         return Err(ApiError::MalformedJson(
             "a merge patch must be a JSON object".to_owned(),
         ));
     };
-    let server: Vec<FieldError> = members
-        .keys()
-        .filter(|k| is_server_field(k))
-        .map(|k| FieldError::new(k, "is managed by the server and cannot be patched"))
-        .collect();
-    if !server.is_empty() {
-        return Err(ApiError::Validation(server));
+    let refused = validate::patch_member_errors(members);
+    if !refused.is_empty() {
+        return Err(ApiError::Validation(refused));
     }
     let written = state
         .write(&id, Change::Patch(patch), if_match.as_ref())
@@ -321,29 +263,7 @@ pub(crate) async fn patch_profile(
     Ok(profile_response(StatusCode::OK, &profile, None))
 }
 
-fn is_server_field(field: &str) -> bool {
-    matches!(field, "id" | "version" | "updatedAt")
-}
-
 /// Delete a profile (its version keeps counting if it is created again).
-#[utoipa::path(
-    delete,
-    path = "/v1/profiles/{id}",
-    tag = "profiles",
-    params(
-        ("id" = String, Path, description = "User id, 1-64 of [A-Za-z0-9_-]"),
-        ("If-Match" = Option<String>, Header, description = "\"<version>\" the delete is based on"),
-    ),
-    responses(
-        (status = 204, description = "Deleted"),
-        (status = 404, description = "No such profile", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match failed", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Token may not change this profile", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit exceeded (Retry-After)", body = problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = problem::Problem, content_type = "application/problem+json"),
-    )
-)]
 pub(crate) async fn delete_profile(
     State(state): State<Arc<AppState>>,
     ProfileId(id): ProfileId,
@@ -443,8 +363,8 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses(
     (status = 200, description = "OpenAPI 3.1", body = Object),
 ))]
-pub(crate) async fn openapi() -> Response {
-    Json(ApiDoc::openapi()).into_response()
+pub(crate) async fn openapi(State(state): State<Arc<AppState>>) -> Response {
+    Json(crate::openapi::document(&state.config.auth_settings())).into_response()
 }
 
 /// Answers 503 problem when a request takes longer than the configured limit.

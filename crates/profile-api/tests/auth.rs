@@ -165,6 +165,51 @@ async fn a_percent_encoded_id_is_authorized_as_the_id_the_handler_writes() {
 }
 
 #[tokio::test]
+async fn undeclared_methods_are_405_with_allow_before_any_authentication() {
+    let app = secured(100, 200).await;
+    let url = app.url(&format!("/v1/profiles/{}", common::user("m")));
+    // These used to be 401: the auth layer ran for every method of the route.
+    for method in ["POST", "TRACE", "OPTIONS"] {
+        let response = app
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                &url,
+            )
+            .send()
+            .await
+            .unwrap();
+        let allow = response.headers()["allow"].to_str().unwrap().to_owned();
+        for served in ["GET", "PUT", "PATCH", "DELETE"] {
+            assert!(allow.contains(served), "{method}: Allow: {allow}");
+        }
+        assert_problem(response, 405).await;
+    }
+    // Served methods still need a token.
+    assert_problem(put(&app, &common::user("m"), None).await, 401).await;
+}
+
+#[tokio::test]
+async fn the_served_document_states_the_security_the_api_enforces() {
+    let app = secured(100, 200).await;
+    let doc: Value = app.get_json("/openapi.json").await;
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let ops = &doc["paths"]["/v1/profiles/{id}"];
+    for method in ["get", "put", "patch", "delete"] {
+        assert_eq!(ops[method]["security"], json!([{"bearer": []}]), "{method}");
+    }
+    assert!(ops["put"]["responses"]["403"].is_object());
+    let open = common::start(common::fresh_config("open").await, false).await;
+    let doc: Value = open.get_json("/openapi.json").await;
+    assert!(doc["components"]["securitySchemes"].is_null());
+    assert!(doc["paths"]["/v1/profiles/{id}"]["put"]["security"].is_null());
+    assert!(doc["paths"]["/v1/profiles/{id}"]["put"]["responses"]["403"].is_null());
+}
+
+#[tokio::test]
 async fn public_reads_need_no_token_but_writes_still_do() {
     let mut config = common::fresh_config("public").await;
     config.auth_disabled = false;

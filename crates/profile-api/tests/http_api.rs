@@ -381,3 +381,229 @@ async fn a_request_over_the_time_limit_is_a_503_problem() {
         "{p}"
     );
 }
+
+// Regression tests for what the contract fuzzer (`scripts/contract-fuzz`) found: each was a
+// request the OpenAPI document and the API judged differently, or a 5xx.
+
+async fn send_patch(
+    t: &common::TestApp,
+    id: &str,
+    if_match: Option<&str>,
+    body: &str,
+) -> reqwest::Response {
+    let mut request = t
+        .http
+        .patch(t.url(&format!("/v1/profiles/{id}")))
+        .header("content-type", "application/merge-patch+json")
+        .body(body.to_owned());
+    if let Some(tag) = if_match {
+        request = request.header("if-match", tag);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn control_characters_in_a_name_are_refused_with_422_not_a_500() {
+    let t = start(common::fresh_config("ctl").await, false).await;
+    let id = user("ctl");
+    // PostgreSQL cannot store NUL in text: this used to be a 500 from the database.
+    for name in [
+        "A\u{0}",
+        "Line\nbreak",
+        "\u{7f}",
+        "\u{85}x",
+        "\u{a0}\u{3000}",
+    ] {
+        let p = problem(
+            t.put(
+                &id,
+                &json!({"name": name, "email": "a@example.com", "country": "PT"}),
+            )
+            .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(error_fields(&p), ["name"], "{name:?}");
+    }
+    problem(t.get(&id).await, StatusCode::NOT_FOUND).await;
+    // At the limit accepted, one over refused.
+    let at_limit = json!({"name": "é".repeat(200), "email": "a@example.com", "country": "PT"});
+    assert_eq!(t.put(&id, &at_limit).await.status(), StatusCode::CREATED);
+    let over = json!({"name": "é".repeat(201), "email": "a@example.com", "country": "PT"});
+    problem(t.put(&id, &over).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+}
+
+#[tokio::test]
+async fn emails_outside_the_documented_syntax_are_refused() {
+    let t = start(common::fresh_config("mail").await, false).await;
+    let id = user("mail");
+    // `email_address` accepted these; the document's `format: email` + pattern does not.
+    for email in [
+        "Alice <alice@example.com>",
+        "\"a b\"@example.com",
+        "a@[127.0.0.1]",
+        "ä@example.com",
+        "a@ab--c.example",
+    ] {
+        let p = problem(
+            t.put(&id, &json!({"name": "A", "email": email, "country": "PT"}))
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(error_fields(&p), ["email"], "{email}");
+    }
+    let local = "a".repeat(64);
+    let ok = json!({"name": "A", "email": format!("{local}@example.com"), "country": "PT"});
+    assert_eq!(t.put(&id, &ok).await.status(), StatusCode::CREATED);
+    let over = json!({"name": "A", "email": format!("{local}a@example.com"), "country": "PT"});
+    problem(t.put(&id, &over).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+}
+
+#[tokio::test]
+async fn malformed_conditional_headers_are_400_and_an_empty_list_matches_nothing() {
+    let t = start(common::fresh_config("cond").await, false).await;
+    let id = user("cond");
+    let url = t.url(&format!("/v1/profiles/{id}"));
+    assert_eq!(t.put(&id, &body("A")).await.status(), StatusCode::CREATED);
+    // These used to be read as "matches nothing": 412 on a write, ignored on a read.
+    for tag in ["1", "junk", "\"1\" \"2\"", "W/1", "*, \"1\""] {
+        let put = t
+            .http
+            .put(&url)
+            .header("if-match", tag)
+            .json(&body("B"))
+            .send()
+            .await
+            .unwrap();
+        let p = problem(put, StatusCode::BAD_REQUEST).await;
+        assert!(p["detail"].as_str().unwrap().contains("if-match"), "{p}");
+        let get = t
+            .http
+            .get(&url)
+            .header("if-none-match", tag)
+            .send()
+            .await
+            .unwrap();
+        problem(get, StatusCode::BAD_REQUEST).await;
+        let delete = t
+            .http
+            .delete(&url)
+            .header("if-match", tag)
+            .send()
+            .await
+            .unwrap();
+        problem(delete, StatusCode::BAD_REQUEST).await;
+    }
+    // RFC 9110 lists may have empty elements; an empty list matches no version.
+    let empty = t
+        .http
+        .put(&url)
+        .header("if-match", "")
+        .json(&body("B"))
+        .send()
+        .await
+        .unwrap();
+    problem(empty, StatusCode::PRECONDITION_FAILED).await;
+    let listed = t
+        .http
+        .put(&url)
+        .header("if-match", ", W/\"9\",, \"1\" ,")
+        .json(&body("B"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+    let fresh = t
+        .http
+        .get(&url)
+        .header("if-none-match", "")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.status(), StatusCode::OK);
+    // "02" is another entity tag than "2".
+    let other_tag = t
+        .http
+        .get(&url)
+        .header("if-none-match", "\"02\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_tag.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_invalid_patch_is_422_whatever_the_state_of_the_profile() {
+    let t = start(common::fresh_config("patch422").await, false).await;
+    let id = user("patch422");
+    // Absent profile: used to be 404 (the state was read before the patch was judged).
+    let p = problem(
+        send_patch(&t, &id, None, r#"{"name":null}"#).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(error_fields(&p), ["name"]);
+    assert_eq!(t.put(&id, &body("A")).await.status(), StatusCode::CREATED);
+    // A stale If-Match: used to be 412.
+    let p = problem(
+        send_patch(&t, &id, Some("\"9\""), r#"{"email":5,"country":"pt"}"#).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    let mut fields = error_fields(&p);
+    fields.sort();
+    assert_eq!(fields, ["country", "email"]);
+    // An unknown member set to null removed nothing and was accepted as a change (version 2).
+    let p = problem(
+        send_patch(&t, &id, None, r#"{"nickname":null}"#).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(error_fields(&p), ["nickname"]);
+    assert_eq!(version_of(&t.get(&id).await.json().await.unwrap()), 1);
+    // A valid patch with a stale If-Match is still 412, with a current one 200.
+    problem(
+        send_patch(&t, &id, Some("\"9\""), r#"{"country":"ES"}"#).await,
+        StatusCode::PRECONDITION_FAILED,
+    )
+    .await;
+    let ok = send_patch(&t, &id, Some("\"1\""), r#"{"country":"ES"}"#).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn delete_of_an_invalid_id_is_the_documented_422() {
+    let t = start(common::fresh_config("del422").await, false).await;
+    let delete = t
+        .http
+        .delete(t.url("/v1/profiles/no.dots"))
+        .send()
+        .await
+        .unwrap();
+    let p = problem(delete, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(error_fields(&p), ["id"]);
+    let doc: Value = t.get_json("/openapi.json").await;
+    let delete = &doc["paths"]["/v1/profiles/{id}"]["delete"]["responses"];
+    assert_eq!(
+        delete["422"]["content"]["application/problem+json"]["schema"]["$ref"],
+        "#/components/schemas/Problem"
+    );
+    let id_schema = &doc["components"]["schemas"]["ProfileId"];
+    assert_eq!(id_schema["pattern"], "^[A-Za-z0-9_-]{1,64}$");
+    assert_eq!(id_schema["maxLength"], 64);
+    let too_long = t
+        .http
+        .delete(t.url(&format!("/v1/profiles/{}", "a".repeat(65))))
+        .send()
+        .await
+        .unwrap();
+    problem(too_long, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let at_limit = t
+        .http
+        .delete(t.url(&format!("/v1/profiles/{}", "a".repeat(64))))
+        .send()
+        .await
+        .unwrap();
+    problem(at_limit, StatusCode::NOT_FOUND).await;
+}
