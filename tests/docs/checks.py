@@ -193,6 +193,10 @@ def check_table_defaults(docs: dict, args: list, env: dict, root: pathlib.Path =
     for doc, text in docs.items():
         for row in docsrc.tables(text, doc):
             where = f"{doc}:{row.line}"
+            script = re.search(r"`scripts/([\w-]+)`", row.section)
+            if script:
+                problems += check_script_row(where, root / "scripts" / script.group(1), row)
+                continue
             scope = scope_of(row.section)
             in_scope = [a for a in args if scope is None or a.crate in scope]
             names = [n for n in row.names if not n.startswith("--")]
@@ -251,6 +255,30 @@ def check_table_defaults(docs: dict, args: list, env: dict, root: pathlib.Path =
                     problem = _computed(name, value, root)
                     if problem:
                         problems.append(f"{where}: {problem}")
+    return problems
+
+
+def check_script_row(where: str, script: pathlib.Path, row) -> list:
+    """A `| env | default |` row under a heading naming `scripts/NAME`: the script reads each
+    variable (`${NAME:-default}` or `$NAME`), and each literal default is the script's."""
+    if not script.is_file():
+        return [f"{where}: {script.relative_to(ROOT)} does not exist"]
+    code = script.read_text()
+    problems = []
+    names = [n for n in row.names if not n.startswith("--")]
+    for name in names:
+        if not re.search(rf"\$\{{?{re.escape(name)}\b", code):
+            problems.append(f"{where}: {script.name} does not read {name}")
+            continue
+        if not row.has_default_column:
+            continue
+        defaults = re.findall(rf"\${{{re.escape(name)}:-([^}}]*)\}}", code)
+        kind, value = docsrc.parse_default(row.default)
+        home = lambda v: _norm(v.replace("$HOME/", "~/"))  # noqa: E731
+        if kind == "literal" and defaults and len(names) == 1 and not any(
+                home(v) == home(d) for v in value for d in defaults):
+            problems.append(f"{where}: {name} default is documented as {value}, "
+                            f"{script.name} has {defaults}")
     return problems
 
 

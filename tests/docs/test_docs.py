@@ -210,6 +210,19 @@ def test_a_wrong_default_fails():
                for p in checks.check_table_defaults(wrong_binary, ARGS, ENV))
 
 
+def test_a_script_table_with_a_wrong_default_or_an_unread_variable_fails():
+    doc = {"fake.md": "## Contract fuzzer (`scripts/contract-fuzz`)\n| env | default | meaning |\n|---|---|---|\n"
+                      "| `CONTRACT_FUZZ_SEED` | `20261201` | |\n"
+                      "| `STATECAST_TOOLS` | `~/.cache/statecast/tools` | |\n"}
+    assert checks.check_table_defaults(doc, ARGS, ENV) == []
+    doc = {"fake.md": "## Contract fuzzer (`scripts/contract-fuzz`)\n| env | default | meaning |\n|---|---|---|\n"
+                      "| `CONTRACT_FUZZ_SEED` | `42` | |\n"
+                      "| `CONTRACT_FUZZ_NO_SUCH` | `1` | |\n"}
+    text = "\n".join(checks.check_table_defaults(doc, ARGS, ENV))
+    assert "CONTRACT_FUZZ_SEED default is documented as ['42']" in text, text
+    assert "contract-fuzz does not read CONTRACT_FUZZ_NO_SUCH" in text, text
+
+
 def test_a_stale_computed_default_fails(tmp_path, monkeypatch):
     cell = "`latest` for `email`, `earliest` otherwise"
     doc = {"fake.md": "## profile-consumer (crate `crates/profile-consumer`)\n| env | default |\n|---|---|\n"
