@@ -14,5 +14,6 @@ mod dlq;
 mod groups;
 mod ordering;
 mod spans;
+mod startup;
 mod support;
 mod tls;
