@@ -14,6 +14,9 @@ help: ## list the recipes
 dev: ## start the local stack, then run the Profile API and the four consumers (Ctrl-C stops them)
 	scripts/dev
 
+trace: ## print the last write's trace under `make dev` as a span tree (TRACE_ID=<id> for another)
+	@cargo run -q --locked -p statecast-traces -- show $(TRACE_ID)
+
 test: ## start the stack, then fmt, clippy, every Rust test against the real services, chart checks
 	scripts/test
 
@@ -48,4 +51,4 @@ kind-e2e: ## end-to-end check against the kind cluster
 kind-down: ## delete the kind cluster
 	scripts/kind-down
 
-.PHONY: help dev test bench chaos stack-up stack-down stack-status crd chart-check kind-up kind-e2e kind-down
+.PHONY: help dev trace test bench chaos stack-up stack-down stack-status crd chart-check kind-up kind-e2e kind-down
