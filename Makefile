@@ -15,7 +15,9 @@ dev: ## start the local stack, then run the Profile API and the four consumers (
 	scripts/dev
 
 trace: ## print the last write's trace under `make dev` as a span tree (TRACE_ID=<id> for another)
-	@cargo run -q --locked -p statecast-traces -- show $(TRACE_ID)
+	@# The same build as scripts/dev (same features: nothing rebuilds when make dev is running).
+	@cargo build -q --locked --bins -p profile-api -p profile-consumer -p statecast-traces
+	@$(BIN)/statecast-traces show $(TRACE_ID)
 
 test: ## start the stack, then fmt, clippy, every Rust test against the real services, chart checks
 	scripts/test

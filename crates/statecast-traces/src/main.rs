@@ -42,7 +42,8 @@ enum Command {
         /// Trace id (32 hex digits) or a unique prefix of one.
         trace_id: Option<String>,
 
-        /// Without a trace id: the latest trace of any request, not only of a write.
+        /// Without a trace id: the trace that began last, whatever its request (a read, a
+        /// probe), not only a write's.
         #[arg(long)]
         any: bool,
     },

@@ -2,7 +2,7 @@
 //!
 //! [`select`] picks the trace: a given id (or unique prefix), else the latest trace holding a
 //! write's server span (`PUT`, `PATCH`, `POST`, `DELETE`; so a health probe or a read made after
-//! the write does not hide it), or with `any` the latest trace of all. [`render`] prints it:
+//! the write does not hide it), or with `any` the trace that began last. [`render`] prints it:
 //!
 //! ```text
 //! trace 4bf92f3577b34da6a3ce929d0e0e4736 · 2026-12-01 10:00:00.123 UTC · 9 spans · 6 services · 48.2 ms
@@ -23,8 +23,9 @@ use std::path::Path;
 
 use crate::{Error, Result, SpanKind, SpanStatus, StoredSpan};
 
-/// The spans of the trace to show: `id` (full or a unique prefix, any case), else the latest
-/// trace with a write (`any`: the latest trace with any span). `dir` is only for messages.
+/// The spans of the trace to show: `id` (full or a unique prefix, any case), else the trace of
+/// the latest write's server span (`any`: the trace that began last). `dir` is only for
+/// messages.
 pub fn select(
     spans: Vec<StoredSpan>,
     id: Option<&str>,
@@ -65,10 +66,24 @@ pub fn select(
                 }
             }
         }
+        None if any => {
+            // The trace that began last (a write's consumer spans start after a read that
+            // followed it; the read is still the later request).
+            let mut starts: HashMap<&str, u64> = HashMap::new();
+            for span in &spans {
+                let start = starts.entry(&span.trace_id).or_insert(u64::MAX);
+                *start = (*start).min(span.start_unix_nano);
+            }
+            starts
+                .into_iter()
+                .max_by_key(|(_, start)| *start)
+                .map(|(trace, _)| trace.to_owned())
+                .unwrap_or_default()
+        }
         None => {
             let latest = spans
                 .iter()
-                .filter(|s| any || s.is_write_request())
+                .filter(|s| s.is_write_request())
                 .max_by_key(|s| s.start_unix_nano);
             match latest {
                 Some(span) => span.trace_id.clone(),
@@ -403,8 +418,21 @@ PUT /v1/profiles/{id} [profile-api, server] 12.0 ms
         let chosen = select(spans.clone(), None, false, &dir).unwrap();
         assert_eq!(chosen[0].trace_id, "3".repeat(32));
         // --any: the latest of all.
-        let chosen = select(spans, None, true, &dir).unwrap();
+        let chosen = select(spans.clone(), None, true, &dir).unwrap();
         assert_eq!(chosen[0].trace_id, "2".repeat(32));
+        // --any goes by when a trace began: a read 5 ms after the write began is later than
+        // the write, though the write's consumer spans started after it.
+        let mut spans = write_trace();
+        spans.push(other_trace(
+            &"5".repeat(32),
+            "GET /v1/profiles/{id}",
+            "GET",
+            5,
+        ));
+        let chosen = select(spans.clone(), None, true, &dir).unwrap();
+        assert_eq!(chosen[0].trace_id, "5".repeat(32));
+        let chosen = select(spans, None, false, &dir).unwrap();
+        assert_eq!(chosen[0].trace_id, TRACE);
     }
 
     #[test]
