@@ -11,7 +11,7 @@ BIN := $(CARGO_TARGET_DIR)/debug
 help: ## list the recipes
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-dev: ## start the local stack, then run the Profile API and the four consumers (Ctrl-C stops them)
+dev: ## start the local stack, then run the Profile API, the four consumers and a trace receiver (Ctrl-C stops them)
 	scripts/dev
 
 trace: ## print the last write's trace under `make dev` as a span tree (TRACE_ID=<id> for another)
