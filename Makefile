@@ -11,8 +11,13 @@ BIN := $(CARGO_TARGET_DIR)/debug
 help: ## list the recipes
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-dev: ## start the local stack, then run the Profile API and the four consumers (Ctrl-C stops them)
+dev: ## start the local stack, then run the Profile API, the four consumers and a trace receiver (Ctrl-C stops them)
 	scripts/dev
+
+trace: ## print the last write's trace under `make dev` as a span tree (TRACE_ID=<id> for another)
+	@# The same build as scripts/dev (same features: nothing rebuilds when make dev is running).
+	@cargo build -q --locked --bins -p profile-api -p profile-consumer -p statecast-traces
+	@$(BIN)/statecast-traces show $(TRACE_ID)
 
 test: ## start the stack, then fmt, clippy, every Rust test against the real services, chart checks
 	scripts/test
@@ -51,4 +56,4 @@ kind-e2e: ## end-to-end check against the kind cluster
 kind-down: ## delete the kind cluster
 	scripts/kind-down
 
-.PHONY: help dev test bench chaos stack-up stack-down stack-status crd chart-check docs-check kind-up kind-e2e kind-down
+.PHONY: help dev trace test bench chaos stack-up stack-down stack-status crd chart-check docs-check kind-up kind-e2e kind-down

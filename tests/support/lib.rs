@@ -203,10 +203,21 @@ pub struct Service {
 impl Service {
     /// Starts `binary` with `env` (on top of the test's environment), logs to `log`.
     pub fn start(binary: &Path, env: &[(&str, String)], log: PathBuf) -> anyhow::Result<Self> {
+        Self::start_with_args(binary, &[], env, log)
+    }
+
+    /// [`Service::start`] with command-line arguments (a subcommand, flags).
+    pub fn start_with_args(
+        binary: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
         let mut command = tokio::process::Command::new(binary);
         command
+            .args(args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(out)
             .stderr(err)

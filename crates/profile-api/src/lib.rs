@@ -8,12 +8,12 @@
 //!
 //! # Layout
 //! - [`config`]: [`Config`], every knob as flag + env var (`.env.sample` lists them).
-//! - `connect`: the PostgreSQL pool and the Redis client from their URLs, TLS included, and
-//!   start-up errors naming the variable to fix ([`ConnectError`]).
+//! - `connect`: the Redis TLS check at start ([`ConnectError`]); the PostgreSQL pool, the
+//!   Redis client and the wording of start-up errors (the setting, its masked value and the fix)
+//!   are `statecast-startup`'s, shared with the consumer.
 //! - `client`: the client address (TCP peer, or the forwarded one behind `TRUSTED_PROXIES`).
 //! - `routes`: router, handlers, layers (server spans, metrics, timeout, body limit) and
 //!   problem-aware extractors.
-//! - [`startup`]: start-up errors that name the setting, its masked value and the fix.
 //! - [`problem`]: [`problem::ApiError`], the one error enum, as RFC 9457 problem+json.
 //! - [`model`]: [`model::Profile`] and [`model::ProfileInput`], the JSON shapes.
 //! - `validate`: pure input checks (ids, fields, merge patch, ETags).
@@ -51,7 +51,6 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod problem;
-pub mod startup;
 mod store;
 
 mod cache;
@@ -61,13 +60,11 @@ mod relay;
 mod routes;
 mod validate;
 
-use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::ConnectOptions as _;
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -85,47 +82,24 @@ pub use routes::BODY_LIMIT;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// PostgreSQL cannot be used at start: unreachable, refusing us, or `DATABASE_URL` unusable.
-    #[error("cannot connect to PostgreSQL at {url} (DATABASE_URL): {reason}; {fix}")]
-    Database {
-        /// `DATABASE_URL`, password masked.
-        url: String,
-        /// What went wrong.
-        reason: String,
-        /// What to do about it.
-        fix: String,
-    },
+    #[error(transparent)]
+    Database(#[from] statecast_startup::DatabaseError),
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The Redis URL is invalid.
     #[error("cannot set up the Redis client: {0}")]
     Cache(#[from] cache::CacheError),
-    /// PostgreSQL or Redis cannot be used as configured (unreachable PostgreSQL, bad URL, a
-    /// TLS certificate that does not verify); the message names the variable.
+    /// Redis's TLS certificate does not verify; the message names the variable to check.
     #[error("{0}")]
     Connect(#[from] connect::ConnectError),
-    /// `REDIS_URL` is not a Redis URL (Redis being down is fine: reads then bypass the cache).
-    #[error(
-        "REDIS_URL={url} is not a valid Redis URL ({reason}); expected \
-         redis://[[user]:password@]host[:6379][/db], rediss://... for TLS, or \
-         redis+unix:///path/to/socket"
-    )]
-    RedisUrl {
-        /// `REDIS_URL`, password masked.
-        url: String,
-        /// What the Redis client said.
-        reason: String,
-    },
+    /// `REDIS_URL` or `REDIS_CA_FILE` is unusable (Redis being down is fine: reads then bypass
+    /// the cache).
+    #[error(transparent)]
+    Redis(#[from] statecast_startup::RedisSetupError),
     /// The HTTP listener cannot be bound.
-    #[error("cannot listen on {addr} (LISTEN_ADDR): {reason}; {fix}")]
-    Listen {
-        /// `LISTEN_ADDR`.
-        addr: std::net::SocketAddr,
-        /// What the operating system said.
-        reason: String,
-        /// What to do about it.
-        fix: &'static str,
-    },
+    #[error(transparent)]
+    Listen(#[from] statecast_startup::ListenError),
     /// Serving HTTP failed.
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
@@ -255,13 +229,7 @@ pub async fn build(config: Config) -> Result<App> {
         marker: (config.request_timeout() * 3).max(Duration::from_secs(30)),
     };
     let redis =
-        connect::redis_client(&config.redis_url, config.redis_ca_file.as_deref()).map_err(|e| {
-            match e {
-                // A URL that does not parse gets the message that shows the expected shape.
-                ConnectError::RedisUrl(e) => startup::redis_url(&config.redis_url, &e),
-                other => Error::Connect(other),
-            }
-        })?;
+        statecast_startup::redis_setup::client(&config.redis_url, config.redis_ca_file.as_deref())?;
     // Redis being down only degrades the API, but a TLS certificate that does not verify is a
     // configuration error: find out now and refuse to start, naming REDIS_URL / REDIS_CA_FILE.
     connect::check_redis_tls(&redis, config.redis_timeout().max(Duration::from_secs(1))).await?;
@@ -282,36 +250,21 @@ pub async fn build(config: Config) -> Result<App> {
     })
 }
 
-/// The pool, with at least one connection open.
+/// The pool, with at least one connection open; a failure names `DATABASE_URL` (masked), the
+/// real cause and the fix.
 async fn connect(config: &Config) -> Result<PgPool> {
-    let waited = Duration::from_millis(config.db_acquire_timeout_ms);
-    let fail = |e: &sqlx::Error| startup::database(&config.database_url, e, waited);
-    let options = PgConnectOptions::from_str(&config.database_url).map_err(|e| fail(&e))?;
-    let connected = PgPoolOptions::new()
-        .max_connections(config.db_pool_size)
-        .acquire_timeout(waited)
-        .connect_with(options.clone())
-        .await;
-    match connected {
-        Ok(pool) => Ok(pool),
-        Err(sqlx::Error::PoolTimedOut) => {
-            // The pool retried until its timeout and kept no cause ("pool timed out"): one direct
-            // attempt tells what is wrong (connection refused, unknown host...).
-            let cause = match tokio::time::timeout(waited, options.connect()).await {
-                Ok(Err(cause)) => cause,
-                Ok(Ok(_)) | Err(_) => sqlx::Error::PoolTimedOut,
-            };
-            Err(fail(&cause))
-        }
-        Err(e) => Err(fail(&e)),
-    }
+    Ok(statecast_startup::database::connect(
+        &config.database_url,
+        PgPoolOptions::new().max_connections(config.db_pool_size),
+        Duration::from_millis(config.db_acquire_timeout_ms),
+        Some("DB_ACQUIRE_TIMEOUT_MS"),
+    )
+    .await?)
 }
 
 /// Binds the HTTP listener of `LISTEN_ADDR`; a failure names the address and what to do.
 pub async fn listen(addr: std::net::SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| startup::listen(addr, &e))
+    Ok(statecast_startup::listen::bind("LISTEN_ADDR", addr).await?)
 }
 
 impl App {

@@ -161,6 +161,10 @@ async fn a_redis_ca_file_with_a_plain_redis_url_is_refused() {
     let error = refusal(config).await;
     assert_eq!(
         error,
-        "REDIS_CA_FILE is set but REDIS_URL is not a rediss:// (TLS) URL"
+        format!(
+            "REDIS_CA_FILE is set but REDIS_URL={} is not a rediss:// (TLS) URL; use rediss:// \
+             for TLS, or unset REDIS_CA_FILE",
+            testkit::redis_url()
+        )
     );
 }

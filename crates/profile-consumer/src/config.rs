@@ -261,50 +261,92 @@ impl Config {
     }
 
     /// Checks what parsing cannot: the handler's services are configured, names are not empty,
-    /// the Kafka settings combine.
+    /// the Kafka settings combine, `SMTP_URL` parses. Each refusal names the variable, its value
+    /// (masked) and what to set it to.
     pub fn validate(&self) -> Result<(), Error> {
         self.kafka_security()?;
-        let missing = |var: &str, why: &str| {
+        let missing = |var: &str, why: &str, example: &str| {
             Error::Config(format!(
-                "{var} is required by CONSUMER_HANDLER={} ({why})",
+                "{var} is required by CONSUMER_HANDLER={} ({why}) but is not set; set it to \
+                 {example}",
                 self.consumer_handler.as_str()
             ))
         };
         let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
-        if self.kafka_group_id.trim().is_empty() {
-            return Err(Error::Config("KAFKA_GROUP_ID must not be empty".into()));
-        }
-        if self.topics().is_empty() {
+        if self.kafka_brokers.trim().is_empty() {
             return Err(Error::Config(
-                "KAFKA_TOPICS must name at least one topic".into(),
+                "KAFKA_BROKERS is empty; set it to the brokers' host:port list, e.g. \
+                 kafka-0:9092,kafka-1:9092"
+                    .into(),
             ));
         }
+        if self.kafka_group_id.trim().is_empty() {
+            return Err(Error::Config(
+                "KAFKA_GROUP_ID is empty; set it to the consumer group's name, e.g. \
+                 statecast-audit"
+                    .into(),
+            ));
+        }
+        if self.topics().is_empty() {
+            return Err(Error::Config(format!(
+                "KAFKA_TOPICS={:?} names no topic; set it to a comma-separated list such as \
+                 {DEFAULT_TOPIC}",
+                self.kafka_topics.join(",")
+            )));
+        }
+        const POSTGRES: &str = "postgres://user:password@host:5432/database";
         match self.consumer_handler {
             HandlerKind::Audit | HandlerKind::Analytics if !set(&self.database_url) => {
-                return Err(missing("DATABASE_URL", "its effect is in PostgreSQL"));
+                return Err(missing(
+                    "DATABASE_URL",
+                    "its effect is in PostgreSQL",
+                    POSTGRES,
+                ));
             }
             HandlerKind::Email if !set(&self.database_url) => {
                 return Err(missing(
                     "DATABASE_URL",
                     "mails are de-duplicated in PostgreSQL",
+                    POSTGRES,
                 ));
             }
             HandlerKind::Email if !set(&self.smtp_url) => {
-                return Err(missing("SMTP_URL", "mails are sent through it"));
+                return Err(missing(
+                    "SMTP_URL",
+                    "mails are sent through it",
+                    "smtp://host:25, smtp://user:password@host:587?tls=required or \
+                     smtps://user:password@host:465",
+                ));
             }
             HandlerKind::CacheRefresh if !set(&self.redis_url) => {
-                return Err(missing("REDIS_URL", "its effect is in Redis"));
+                return Err(missing(
+                    "REDIS_URL",
+                    "its effect is in Redis",
+                    "redis://host:6379 (rediss://... for TLS)",
+                ));
             }
             _ => {}
         }
         if let Some(url) = &self.smtp_url
             && self.consumer_handler == HandlerKind::Email
         {
-            crate::handlers::email::SmtpSettings::parse(url)
-                .map_err(|e| Error::Config(format!("SMTP_URL: {e}")))?;
+            smtp_settings(url)?;
         }
         Ok(())
     }
+}
+
+/// `SMTP_URL` as [`SmtpSettings`](crate::handlers::email::SmtpSettings), or an error naming the
+/// variable, its value with the password masked and the forms it accepts.
+pub(crate) fn smtp_settings(url: &str) -> Result<crate::handlers::email::SmtpSettings, Error> {
+    crate::handlers::email::SmtpSettings::parse(url).map_err(|reason| {
+        Error::Config(format!(
+            "SMTP_URL={} is not a usable SMTP URL: {reason}; expected \
+             smtp://[user:password@]host[:port] (plain, port 25), smtp://...?tls=required \
+             (STARTTLS, port 587) or smtps://... (TLS, port 465)",
+            statecast_startup::redact_url(url)
+        ))
+    })
 }
 
 /// [`statecast_kafka::KafkaSecurity::from_args`], its error as [`Error::Config`].

@@ -54,12 +54,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
 
     // Serve first: liveness does not wait for the services, readiness does.
-    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
-        .await
-        .map_err(|source| Error::Http {
-            addr: config.metrics_addr,
-            source,
-        })?;
+    let listener = statecast_startup::listen::bind("METRICS_ADDR", config.metrics_addr).await?;
     let http_stop = shutdown.child_token();
     let router = crate::http::router(crate::http::AppState {
         registry: Arc::new(registry),
@@ -106,9 +101,14 @@ async fn consume(
     };
     let security = config.kafka_security()?;
     tracing::info!(kafka = ?security, "Kafka client settings");
-    let consumer: Arc<StreamConsumer<Context>> =
-        Arc::new(consumer_config(config, &security).create_with_context(context)?);
-    let producer: FutureProducer = producer_config(config, &security).create()?;
+    let consumer: Arc<StreamConsumer<Context>> = Arc::new(
+        consumer_config(config, &security)
+            .create_with_context(context)
+            .map_err(|e| client_error("consumer", e))?,
+    );
+    let producer: FutureProducer = producer_config(config, &security)
+        .create()
+        .map_err(|e| client_error("dead-letter producer", e))?;
     let dlq_topic = config.dlq_topic();
     tokio::select! {
         checked = dlq::check_topic_exists(&producer, &dlq_topic) => checked.map_err(Error::Config)?,
@@ -354,6 +354,58 @@ fn commit_stored<C: Consumer<Context>>(consumer: &C) {
     }
 }
 
+/// A client librdkafka would not create, worded to name the variable that sets the refused
+/// property (`KAFKA_SESSION_TIMEOUT_MS`, a `KAFKA_PROPERTY_*`, ...); other errors unchanged.
+fn client_error(client: &'static str, error: KafkaError) -> Error {
+    let (reason, property) = match &error {
+        KafkaError::ClientConfig(_, description, key, value) => {
+            let value = if statecast_kafka::settings::is_sensitive(key) {
+                "***"
+            } else {
+                value.as_str()
+            };
+            (
+                format!("{description} ({key}={value:?})"),
+                Some(key.clone()),
+            )
+        }
+        KafkaError::ClientCreation(reason) => (reason.clone(), quoted_property(reason)),
+        _ => return Error::Kafka(error),
+    };
+    let fix = match property.as_deref() {
+        Some(property) => format!("fix {}", variable_for_property(property)),
+        None => "check the KAFKA_* settings (see docs/contracts.md)".to_owned(),
+    };
+    Error::KafkaClient {
+        client,
+        reason,
+        fix,
+    }
+}
+
+/// The librdkafka property a creation error is about: `... property "linger.ms" ...`.
+fn quoted_property(reason: &str) -> Option<String> {
+    let after = reason.split_once("property")?.1;
+    let name = after.trim_start_matches([' ', ':']).strip_prefix('"')?;
+    let name = name.split('"').next()?;
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// The setting that gives `property` its value in the consumer: its own variable, or the
+/// pass-through one.
+fn variable_for_property(property: &str) -> String {
+    match property {
+        "bootstrap.servers" | "metadata.broker.list" => "KAFKA_BROKERS".to_owned(),
+        "group.id" => "KAFKA_GROUP_ID".to_owned(),
+        "session.timeout.ms" | "heartbeat.interval.ms" => "KAFKA_SESSION_TIMEOUT_MS".to_owned(),
+        "statistics.interval.ms" => "KAFKA_STATISTICS_INTERVAL_MS".to_owned(),
+        other => format!(
+            "{} (or --kafka-property {other}=...)",
+            statecast_kafka::settings::env_var_for_property(other)
+        ),
+    }
+}
+
 /// The consumer's settings, then the shared security and pass-through ones (statecast-kafka).
 fn consumer_config(config: &Config, security: &KafkaSecurity) -> ClientConfig {
     let mut client = ClientConfig::new();
@@ -449,5 +501,75 @@ impl ConsumerContext for Context {
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_property_names_the_variable_that_sets_it() {
+        let error = client_error(
+            "consumer",
+            KafkaError::ClientConfig(
+                rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+                "Invalid value \"soon\" for configuration property \"linger.ms\"".into(),
+                "linger.ms".into(),
+                "soon".into(),
+            ),
+        );
+        let message = error.to_string();
+        assert!(
+            message.starts_with("cannot create the Kafka consumer: Invalid value \"soon\""),
+            "{message}"
+        );
+        assert!(
+            message.ends_with("fix KAFKA_PROPERTY_LINGER_MS (or --kafka-property linger.ms=...)"),
+            "{message}"
+        );
+        let session = client_error(
+            "consumer",
+            KafkaError::ClientCreation(
+                "Configuration property \"session.timeout.ms\" value 1 is outside allowed range"
+                    .into(),
+            ),
+        );
+        assert!(
+            session
+                .to_string()
+                .ends_with("fix KAFKA_SESSION_TIMEOUT_MS"),
+            "{session}"
+        );
+    }
+
+    #[test]
+    fn a_secret_value_librdkafka_refused_is_masked() {
+        let error = client_error(
+            "dead-letter producer",
+            KafkaError::ClientConfig(
+                rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+                "Invalid value".into(),
+                "ssl.key.password".into(),
+                "s3cret".into(),
+            ),
+        );
+        let message = error.to_string();
+        assert!(!message.contains("s3cret"), "{message}");
+        assert!(message.contains("ssl.key.password=\"***\""), "{message}");
+        assert!(
+            message.contains("KAFKA_PROPERTY_SSL_KEY_PASSWORD"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_property_is_read_from_librdkafka_messages() {
+        assert_eq!(
+            quoted_property("No such configuration property: \"foo.bar\"").as_deref(),
+            Some("foo.bar")
+        );
+        assert_eq!(quoted_property("something else"), None);
     }
 }

@@ -50,7 +50,7 @@ pub async fn check_topic_exists(producer: &FutureProducer, topic: &str) -> Resul
             Ok(())
         }
         Err(error) => {
-            tracing::warn!(dlq = %topic, %error, "broker did not answer the dead-letter topic check; going on");
+            tracing::warn!(dlq = %topic, %error, "no broker at KAFKA_BROKERS answered the dead-letter topic check; going on (check the addresses and that the brokers are up)");
             Ok(())
         }
     }

@@ -10,7 +10,8 @@
 //! # Layout
 //! - [`config`]: command line and environment ([`Config`]).
 //! - `connect`: the PostgreSQL pool and the Redis connection from their URLs, TLS included,
-//!   and start-up errors naming the variable to fix ([`ConnectError`]).
+//!   and start-up errors naming the variable, its masked value and the fix ([`ConnectError`];
+//!   the pool, the client and the wording are `statecast-startup`'s, shared with the API).
 //! - [`consumer`]: the consume loop, rebalance hooks and graceful shutdown ([`run`]).
 //! - `partition`: one worker per assigned partition; where a failure is retried, paused on or
 //!   dead-lettered.
@@ -39,7 +40,8 @@ pub use connect::ConnectError;
 pub use consumer::run;
 
 /// Everything that can stop the consumer (start-up and fatal errors). Per-record failures are
-/// [`handlers::HandlerError`]s and never end the process.
+/// [`handlers::HandlerError`]s and never end the process. Each start-up variant names the
+/// variable to fix (its value with passwords masked) and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The configuration is incomplete or inconsistent; the message names the variable.
@@ -67,7 +69,22 @@ pub enum Error {
     #[error("kafka error: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
 
-    /// The metrics address could not be bound, or the HTTP server failed.
+    /// librdkafka refused a setting while creating a client; names the variable that sets it.
+    #[error("cannot create the Kafka {client}: {reason}; {fix}")]
+    KafkaClient {
+        /// `consumer` or `dead-letter producer`.
+        client: &'static str,
+        /// What librdkafka said (a secret-looking value masked).
+        reason: String,
+        /// Which variable to fix.
+        fix: String,
+    },
+
+    /// `METRICS_ADDR` could not be bound.
+    #[error(transparent)]
+    Listen(#[from] statecast_startup::ListenError),
+
+    /// The HTTP server failed while serving.
     #[error("http server error on {addr}: {source}")]
     Http {
         /// `METRICS_ADDR`.

@@ -1,6 +1,12 @@
 //! `profile-consumer`: parse the configuration, set up telemetry, run until SIGTERM/SIGINT.
 //! `profile-consumer dlq replay ...` republishes a group's dead letters instead (see
 //! `profile_consumer::replay`).
+//!
+//! Exit codes, as the API's: `0` after a clean shutdown; `1` when it cannot start (bad telemetry
+//! settings, PostgreSQL, Redis or SMTP settings that cannot work, a taken `METRICS_ADDR`, Kafka
+//! settings librdkafka refuses...: one stderr line and one `ERROR` log line naming the variable,
+//! its value with passwords masked, and the fix) or a fatal error later; `2` for an invalid flag
+//! or variable value (the argument parser's message).
 
 use clap::Parser;
 use profile_consumer::Config;
@@ -18,8 +24,9 @@ async fn main() -> std::process::ExitCode {
     let telemetry = match statecast_telemetry::init_from_env("profile-consumer") {
         Ok(telemetry) => Some(telemetry),
         Err(e) => {
-            eprintln!("profile-consumer: {e}");
-            return std::process::ExitCode::from(2);
+            // Already logged (logging is set up even then); stderr is for whoever started us.
+            eprintln!("profile-consumer: cannot start: {e}");
+            return std::process::ExitCode::FAILURE;
         }
     };
 

@@ -33,7 +33,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The OTLP exporter could not be built (bad endpoint or protocol).
-    #[error("cannot build the OTLP exporter: {0}")]
+    #[error(
+        "cannot build the OTLP exporter: {0}; set OTEL_EXPORTER_OTLP_ENDPOINT (or \
+         OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) to a URL such as http://127.0.0.1:4317, or unset it"
+    )]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
     /// `OTEL_EXPORTER_OTLP_PROTOCOL` (or `..._TRACES_PROTOCOL`) names a protocol we do not speak.
     #[error(

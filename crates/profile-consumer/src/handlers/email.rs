@@ -52,7 +52,9 @@ pub struct SmtpSettings {
 
 impl SmtpSettings {
     /// Parses `smtp://[user:password@]host[:port][/][?tls=required]` or
-    /// `smtps://[user:password@]host[:port][/]` (the URL forms lettre uses too).
+    /// `smtps://[user:password@]host[:port][/]` (the URL forms lettre uses too). The error says
+    /// what is wrong without repeating the URL (it may hold a password):
+    /// `crate::config::smtp_settings` names `SMTP_URL` with its masked value.
     pub fn parse(url: &str) -> Result<Self, String> {
         let url = url.trim();
         let (scheme_tls, rest) = if let Some(rest) = url.strip_prefix("smtp://") {
@@ -60,7 +62,7 @@ impl SmtpSettings {
         } else if let Some(rest) = url.strip_prefix("smtps://") {
             (SmtpTls::Implicit, rest)
         } else {
-            return Err(format!("{url:?} must start with smtp:// or smtps://"));
+            return Err("it must start with smtp:// or smtps://".to_owned());
         };
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let tls = match (scheme_tls, query) {
@@ -68,7 +70,7 @@ impl SmtpSettings {
             (SmtpTls::None, "tls=required") => SmtpTls::StartTls,
             (_, query) => {
                 return Err(format!(
-                    "{url:?}: unsupported query {query:?} (only smtp://...?tls=required)"
+                    "unsupported query {query:?}: only smtp://...?tls=required"
                 ));
             }
         };
@@ -98,7 +100,7 @@ impl SmtpSettings {
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || host.contains('/') {
-            return Err(format!("{url:?} has no host"));
+            return Err("it has no host".to_owned());
         }
         Ok(Self {
             host: host.to_owned(),

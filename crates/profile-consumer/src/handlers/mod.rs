@@ -197,9 +197,7 @@ impl Handler {
                 .ok_or_else(|| missing("DATABASE_URL"))?;
             let pool = crate::connect::pg_pool(
                 url,
-                sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(4)
-                    .acquire_timeout(std::time::Duration::from_secs(5)),
+                sqlx::postgres::PgPoolOptions::new().max_connections(4),
             )
             .await?;
             crate::store::migrate(&pool).await?;
@@ -213,11 +211,14 @@ impl Handler {
                     .smtp_url
                     .as_deref()
                     .ok_or_else(|| missing("SMTP_URL"))?;
-                let settings = email::SmtpSettings::parse(url)
-                    .map_err(|e| crate::Error::Config(format!("SMTP_URL: {e}")))?;
+                let settings = crate::config::smtp_settings(url)?;
                 let ca = match &config.smtp_ca_file {
                     Some(path) => Some(std::fs::read(path).map_err(|e| {
-                        crate::Error::Config(format!("SMTP_CA_FILE {}: {e}", path.display()))
+                        crate::Error::Config(format!(
+                            "SMTP_CA_FILE {}: {e}; set it to a readable PEM file of extra \
+                             roots, or unset it",
+                            path.display()
+                        ))
                     })?),
                     None => None,
                 };

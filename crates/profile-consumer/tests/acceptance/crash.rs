@@ -193,24 +193,3 @@ async fn the_idle_survivor_takes_every_partition_after_the_members_holding_them_
     println!("survivor took over in {:?}", started.elapsed());
     assert_eq!(processed(idle[0].1).await, 40.0);
 }
-
-#[tokio::test]
-async fn a_bad_otlp_protocol_stops_the_consumer_naming_the_variable_and_still_logs() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_profile-consumer"))
-        .env("KAFKA_GROUP_ID", "g")
-        .env("CONSUMER_HANDLER", "audit")
-        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
-        .env_remove("OTEL_SDK_DISABLED")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{stderr}");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("OTEL_EXPORTER_OTLP_PROTOCOL"),
-        "the error is in the logs too: {stdout}"
-    );
-}

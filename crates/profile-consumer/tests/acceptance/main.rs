@@ -15,5 +15,6 @@ mod groups;
 mod ordering;
 mod secured_kafka;
 mod spans;
+mod startup;
 mod support;
 mod tls;
