@@ -66,6 +66,9 @@ CONTRACT_SECTIONS = {
     "profile-operator": "profile-operator (crate `crates/profile-operator`)",
     "statecast-kafka": "Kafka client settings",
     "statecast-telemetry": "Telemetry (every binary)",
+    "statecast-traces": "statecast-traces (crate `crates/statecast-traces`)",
+    # The shared start-up code reads no variable itself; its messages name the binaries' ones.
+    "statecast-startup": "profile-api (crate `crates/profile-api`)",
 }
 
 
@@ -308,7 +311,7 @@ def check_flags_follow_variables(args: list) -> list:
             for a in args if a.flag != "--" + a.env.lower().replace("_", "-")]
 
 
-BINARY_WORDS = ("profile-api", "profile-consumer", "profile-operator")
+BINARY_WORDS = ("profile-api", "profile-consumer", "profile-operator", "statecast-traces")
 
 
 def check_flags(docs: dict, binary_flags: set, root: pathlib.Path = ROOT) -> list:

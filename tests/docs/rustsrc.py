@@ -17,13 +17,15 @@ import re
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-# The shipped binaries (one image holds all three, docs/contracts.md) and the library crates
+# The binaries (the image holds the first three, docs/contracts.md; statecast-traces is the
+# local trace viewer of `make dev`) and the library crates
 # they link whose code runs in them. statecast-bench (`make bench`) and statecast-testkit are
 # development tools, not part of what a user configures.
 BINARIES = {
-    "profile-api": ["profile-api", "statecast-kafka", "statecast-telemetry"],
-    "profile-consumer": ["profile-consumer", "statecast-kafka", "statecast-telemetry"],
+    "profile-api": ["profile-api", "statecast-kafka", "statecast-telemetry", "statecast-startup"],
+    "profile-consumer": ["profile-consumer", "statecast-kafka", "statecast-telemetry", "statecast-startup"],
     "profile-operator": ["profile-operator", "statecast-kafka", "statecast-telemetry"],
+    "statecast-traces": ["statecast-traces"],
 }
 
 
@@ -86,7 +88,7 @@ def _consts(text: str) -> dict:
 _ARG = re.compile(
     r"#\[arg\((?P<args>(?:[^()\"]|\"(?:[^\"\\]|\\.)*\"|\([^()]*\))*)\)\]\s*"
     r"(?:#\[[^\]]*\]\s*|///[^\n]*\n\s*)*"
-    r"pub (?P<field>\w+):\s*(?P<ty>[^\n]+?),?\s*\n")
+    r"(?:pub(?:\([^)]*\))? )?(?P<field>\w+):\s*(?P<ty>[^\n]+?),?\s*\n")
 _STRUCT = re.compile(r"pub struct (\w+)")
 
 
@@ -108,6 +110,8 @@ def clap_args(crates, root: pathlib.Path = ROOT) -> list:
             for m in _ARG.finditer(text):
                 args = m.group("args")
                 env = _attr(args, "env")
+                if env is None and re.search(r"(?:^|,)\s*env\s*(?:,|$)", args):
+                    env = m.group("field").upper()  # a bare `env`: clap's name for the field
                 if env is None:
                     continue
                 structs = _STRUCT.findall(text[: m.start()])

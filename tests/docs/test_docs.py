@@ -44,7 +44,7 @@ def test_the_extractors_find_the_settings_they_must():
     # Every #[arg(... env = ...)] of the binaries' crates was parsed into an Arg.
     for crates in rustsrc.BINARIES.values():
         for crate in crates:
-            count = sum(len(re.findall(r"#\[arg\([^\]]*\benv\s*=", rustsrc.production_source(p)))
+            count = sum(len(re.findall(r"#\[arg\([^\]]*\benv\b", rustsrc.production_source(p)))
                         for p in rustsrc.crate_files(crate))
             assert count == len(rustsrc.clap_args([crate])), crate
     for name in ["OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",

@@ -37,8 +37,8 @@ use std::path::PathBuf;
 pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:4327";
 /// Default `TRACES_DIR`, relative to the working directory (the project root under `make`).
 pub const DEFAULT_DIR: &str = ".stack/traces";
-/// Default `TRACES_MAX_FILE_BYTES`: `spans.jsonl` is rotated to `spans.jsonl.1` beyond it.
-pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Default `TRACES_MAX_FILE_BYTES` (64 MiB): `spans.jsonl` is rotated to `spans.jsonl.1` beyond it.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 67_108_864;
 
 /// Why serving or showing traces failed. Each message says what to do.
 #[derive(Debug, thiserror::Error)]
