@@ -25,7 +25,12 @@ fn producer(brokers: &str, timeout_ms: u32) -> FutureProducer {
         .unwrap()
 }
 
-async fn send(producer: &FutureProducer, topic: &str, key: &str, value: &str) -> Result<(), String> {
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), String> {
     producer
         .send(
             FutureRecord::to(topic).key(key).payload(value),
@@ -49,9 +54,14 @@ async fn records(brokers: &str, topic: &str, expected: usize) -> Vec<String> {
     let mut values = Vec::new();
     while values.len() < expected {
         match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
-            Ok(Ok(m)) => values.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into()),
+            Ok(Ok(m)) => {
+                values.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into())
+            }
             Ok(Err(e)) => panic!("consume {topic}: {e}"),
-            Err(_) => panic!("only {} of {expected} records of {topic} within 30 s", values.len()),
+            Err(_) => panic!(
+                "only {} of {expected} records of {topic} within 30 s",
+                values.len()
+            ),
         }
     }
     values
