@@ -370,7 +370,7 @@ EXPECTED_OPERATOR_RULES = {
     ("ClusterRole", "apps", "deployments", ("create", "list", "patch", "watch"), ()),
     ("ClusterRole", "events.k8s.io", "events", ("create", "patch"), ()),
     ("ClusterRole", "apiextensions.k8s.io", "customresourcedefinitions", ("get",), (CRD_NAME,)),
-    ("Role", "coordination.k8s.io", "leases", ("create", "get", "patch"), ()),
+    ("Role", "coordination.k8s.io", "leases", ("create", "get", "update"), ()),
 }
 
 

@@ -310,6 +310,7 @@ pub fn build(
                     key: ca.key.clone(),
                     path: KAFKA_CA_FILE.into(),
                     mode: None,
+                    user: None,
                 }]),
                 ..SecretVolumeSource::default()
             }),
@@ -352,7 +353,7 @@ pub fn build(
             owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
-        spec: Some(DeploymentSpec {
+        spec: DeploymentSpec {
             replicas: Some(replicas),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(pc)),
@@ -393,7 +394,7 @@ pub fn build(
                 }),
             },
             ..DeploymentSpec::default()
-        }),
+        },
         status: None,
     })
 }
@@ -452,14 +453,7 @@ pub(crate) mod tests {
     }
 
     fn container(d: &Deployment) -> &Container {
-        &d.spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0]
+        &d.spec.template.spec.as_ref().unwrap().containers[0]
     }
 
     #[test]
@@ -480,7 +474,7 @@ pub(crate) mod tests {
         assert_eq!(labels["app.kubernetes.io/component"], "audit");
         assert_eq!(labels["app.kubernetes.io/managed-by"], "profile-operator");
         assert_eq!(labels["app.kubernetes.io/part-of"], "statecast");
-        let spec = d.spec.as_ref().unwrap();
+        let spec = &d.spec;
         assert_eq!(spec.selector.match_labels.as_ref().unwrap().len(), 2);
         assert_eq!(spec.replicas, Some(2));
     }
@@ -559,7 +553,7 @@ pub(crate) mod tests {
     #[test]
     fn pod_is_restricted_and_probed_on_the_metrics_port() {
         let d = build(&resource("cr", spec()), &settings(), "g", 1).unwrap();
-        let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let pod = d.spec.template.spec.as_ref().unwrap();
         assert_eq!(pod.termination_grace_period_seconds, Some(40));
         let psc = pod.security_context.as_ref().unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
@@ -612,7 +606,7 @@ pub(crate) mod tests {
         s.paused = true;
         s.image = Some("registry.local/consumer:dev".into());
         let d = build(&resource("cr", s), &settings(), "g", 3).unwrap();
-        assert_eq!(d.spec.as_ref().unwrap().replicas, Some(0));
+        assert_eq!(d.spec.replicas, Some(0));
         assert_eq!(
             container(&d).image.as_deref(),
             Some("registry.local/consumer:dev")
@@ -780,7 +774,7 @@ pub(crate) mod tests {
         cfg.image_pull_secrets = vec!["regcred".into(), "mirror".into()];
         cfg.service_account = Some("statecast-consumer".into());
         let d = build(&resource("cr", spec()), &cfg, "g", 1).unwrap();
-        let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let pod = d.spec.template.spec.as_ref().unwrap();
         let secrets: Vec<_> = pod
             .image_pull_secrets
             .as_ref()
@@ -796,7 +790,7 @@ pub(crate) mod tests {
         assert_eq!(pod.automount_service_account_token, Some(false));
         // Unset: nothing rendered (an empty list would still be a managed field).
         let d = build(&resource("cr", spec()), &settings(), "g", 1).unwrap();
-        let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let pod = d.spec.template.spec.as_ref().unwrap();
         assert!(pod.image_pull_secrets.is_none());
         assert!(pod.service_account_name.is_none());
     }
@@ -804,7 +798,7 @@ pub(crate) mod tests {
     #[test]
     fn pod_does_not_mount_a_service_account_token() {
         let d = build(&resource("cr", spec()), &settings(), "g", 1).unwrap();
-        let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let pod = d.spec.template.spec.as_ref().unwrap();
         assert_eq!(pod.automount_service_account_token, Some(false));
     }
 
@@ -845,16 +839,10 @@ pub(crate) mod tests {
         let b = resource(&long_b, spec());
         for pc in [&a, &b] {
             let d = build(pc, &settings(), "g", 1).unwrap();
-            let pod_labels = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
+            let pod_labels = d.spec.template.metadata.as_ref().unwrap();
             for labels in [
                 d.metadata.labels.as_ref().unwrap(),
-                d.spec
-                    .as_ref()
-                    .unwrap()
-                    .selector
-                    .match_labels
-                    .as_ref()
-                    .unwrap(),
+                d.spec.selector.match_labels.as_ref().unwrap(),
                 pod_labels.labels.as_ref().unwrap(),
             ] {
                 for (key, value) in labels {
@@ -923,7 +911,7 @@ pub(crate) mod tests {
     }
 
     fn pod(d: &Deployment) -> &PodSpec {
-        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+        d.spec.template.spec.as_ref().unwrap()
     }
 
     #[test]
@@ -988,6 +976,7 @@ pub(crate) mod tests {
                 key: "tls.ca".into(),
                 path: "ca.crt".into(),
                 mode: None,
+                user: None,
             }]
         );
         assert_eq!(secret.optional, None, "a missing CA Secret holds the pod");

@@ -11,7 +11,7 @@
 //! - [`reconcile`]: the controller loop, its `Context` and error policy.
 //! - [`metrics`]: Prometheus metrics of the reconciler.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics`.
-//! - [`leader`]: Lease-based leader election, so only one replica reconciles.
+//! - [`leader`]: Lease-based leader election with fencing, so only one replica reconciles.
 //! - [`config`]: command line and environment.
 
 pub mod config;

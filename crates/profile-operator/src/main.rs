@@ -94,12 +94,7 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         .pod_namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let elector = Arc::new(Elector::new(
-        client.clone(),
-        &lease_namespace,
-        &args.lease_name,
-        &holder,
-    ));
+    let elector = Elector::new(client.clone(), &lease_namespace, &args.lease_name, &holder);
 
     let mut wait_stop = stop_rx.clone();
     tokio::select! {
@@ -126,29 +121,19 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         metrics,
     ));
 
-    // Stop the controller on SIGTERM or when leadership is lost.
-    let (lost_tx, mut lost_rx) = watch::channel(None::<String>);
-    let holder_task = {
-        let elector = elector.clone();
-        tokio::spawn(async move {
-            let e = elector.hold().await;
-            let _ = lost_tx.send(Some(e.to_string()));
-        })
-    };
+    // SIGTERM stops the controller gracefully (in-flight reconciles finish) while the Lease is
+    // still renewed. When leadership ends, the controller is dropped at once, cancelling any
+    // reconcile in flight: `hold` returns before another replica can take the Lease over (see
+    // `leader`), and the process exits to be restarted as a follower.
     let mut controller_stop = stop_rx.clone();
-    let mut lost_watch = lost_rx.clone();
     let shutdown = async move {
-        tokio::select! {
-            _ = controller_stop.wait_for(|stop| *stop) => {}
-            _ = lost_watch.wait_for(Option::is_some) => {}
-        }
+        let _ = controller_stop.wait_for(|stop| *stop).await;
     };
-    reconcile::run(ctx, args.watch_namespace(), shutdown).await;
-    holder_task.abort();
-
-    let lost = lost_rx.borrow_and_update().clone();
-    if let Some(reason) = lost {
-        anyhow::bail!("lost leadership: {reason}");
+    if let Err(lost) = elector
+        .lead(reconcile::run(ctx, args.watch_namespace(), shutdown))
+        .await
+    {
+        anyhow::bail!("lost leadership: {lost}");
     }
     if let Err(e) = elector.step_down().await {
         tracing::warn!(error = %e, "releasing the lease failed");

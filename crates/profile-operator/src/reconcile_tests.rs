@@ -273,14 +273,7 @@ async fn reconcile_with(
 }
 
 fn env_of(d: &Deployment, name: &str) -> Option<String> {
-    d.spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
+    d.spec.template.spec.as_ref().unwrap().containers[0]
         .env
         .as_ref()
         .unwrap()
@@ -290,7 +283,7 @@ fn env_of(d: &Deployment, name: &str) -> Option<String> {
 }
 
 fn replicas_of(d: &Deployment) -> Option<i32> {
-    d.spec.as_ref().unwrap().replicas
+    d.spec.replicas
 }
 
 fn condition_of<'a>(s: &'a ProfileConsumerStatus, type_: &str) -> &'a Condition {
@@ -1004,7 +997,7 @@ impl FakeApiServer {
             (Method::PATCH, p) if p.starts_with(deployments) => {
                 let body = request.into_body().collect_bytes().await.unwrap();
                 let mut deployment: Deployment = serde_json::from_slice(&body).unwrap();
-                let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
+                let replicas = deployment.spec.replicas;
                 self.applies.push((elapsed, replicas));
                 deployment.status = Some(DeploymentStatus {
                     replicas,
