@@ -42,7 +42,12 @@ impl LagReader for StubLag {
 }
 
 fn lag(lag: u64, partitions: u32) -> StubLag {
-    StubLag(Ok(GroupLag { lag, partitions }))
+    StubLag(Ok(GroupLag {
+        lag,
+        partitions,
+        end_offsets: lag,
+        committed: 0,
+    }))
 }
 
 /// The requests one reconcile must make, in order.
@@ -331,6 +336,7 @@ fn autoscaling_spec(min: i32, max: i32, threshold: i64) -> ProfileConsumerSpec {
             max_replicas: max,
             lag_threshold: threshold,
             scale_down_delay_seconds: 300,
+            target_drain_seconds: None,
         }),
         ..spec()
     }
