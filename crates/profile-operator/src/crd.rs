@@ -659,6 +659,27 @@ mod tests {
     }
 
     #[test]
+    fn drain_delay_rule_names_the_policy_minimum() {
+        let minimum = crate::drain::MIN_SCALE_DOWN_DELAY_SECONDS.to_string();
+        assert!(DRAIN_DELAY_RULE.ends_with(&format!(">= {minimum}")));
+        assert!(DRAIN_DELAY_MESSAGE.contains(&format!(">= {minimum}")));
+        // The default delay (300) passes the rule when only the target is set.
+        let drain = serde_json::json!({
+            "apiVersion": "statecast.dev/v1alpha1", "kind": "ProfileConsumer",
+            "metadata": {"name": "a"},
+            "spec": {"handler": "audit", "topics": ["t"],
+                     "autoscaling": {"maxReplicas": 3, "lagThreshold": 10,
+                                     "scaleDownDelaySeconds": 300, "targetDrainSeconds": 60}},
+        });
+        assert_eq!(cel_check(&drain), Vec::<String>::new());
+        let pc: ProfileConsumer = serde_json::from_value(drain).unwrap();
+        assert_eq!(pc.spec.validate(), Ok(()));
+        let mut spec = pc.spec.clone();
+        spec.autoscaling.as_mut().unwrap().target_drain_seconds = Some(0);
+        assert!(spec.validate().is_err());
+    }
+
+    #[test]
     fn topic_names_follow_kafka_rules() {
         assert!(is_valid_topic("user-events"));
         assert!(is_valid_topic("user_events.dlq"));

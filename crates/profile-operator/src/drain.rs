@@ -371,8 +371,11 @@ pub struct Window {
 
 impl Window {
     /// Adds `sample`, dropping those older than [`WINDOW_SECONDS`] before it and beyond
-    /// [`MAX_SAMPLES`].
+    /// [`MAX_SAMPLES`]; a sample not later than the newest replaces it (two reconciles at once).
     pub fn push(&mut self, sample: Sample) {
+        if self.samples.back().is_some_and(|last| last.time >= sample.time) {
+            self.samples.pop_back();
+        }
         self.samples.push_back(sample);
         while self.samples.len() > MAX_SAMPLES
             || self

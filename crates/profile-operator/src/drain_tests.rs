@@ -401,6 +401,12 @@ fn windows_keep_recent_samples_and_remember_the_rate() {
         });
     }
     assert_eq!(w.samples.len(), MAX_SAMPLES);
+    // A sample at the same time replaces the newest.
+    let mut again = *w.samples.back().unwrap();
+    again.committed = 7;
+    w.push(again);
+    assert_eq!(w.samples.len(), MAX_SAMPLES);
+    assert_eq!(w.samples.back().unwrap().committed, 7);
 }
 
 #[test]
