@@ -219,8 +219,7 @@ pub const DRAIN_DELAY_RULE: &str =
     "!has(self.targetDrainSeconds) || self.scaleDownDelaySeconds >= 60";
 
 /// Message of [`DRAIN_DELAY_RULE`], also the reconciler's `InvalidSpec` message.
-pub const DRAIN_DELAY_MESSAGE: &str =
-    "targetDrainSeconds needs scaleDownDelaySeconds >= 60 (a rebalance must settle before scaling down)";
+pub const DRAIN_DELAY_MESSAGE: &str = "targetDrainSeconds needs scaleDownDelaySeconds >= 60 (a rebalance must settle before scaling down)";
 
 /// CEL rules of `autoscaling`, enforced by the API server (`x-kubernetes-validations`).
 fn autoscaling_rules(schema: &mut schemars::Schema) {

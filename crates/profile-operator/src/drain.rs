@@ -4,7 +4,7 @@
 //! Every reconcile (every [`crate::reconcile::RESYNC`]) records one [`Sample`]: the time, the sum
 //! of the topics' log-end offsets, the sum of the group's committed offsets and the consumers that
 //! ran since the previous sample. From the window of recent samples the policy estimates
-//! - the **produce rate**: log-end offset growth ÷ time over the window;
+//! - the **produce rate**: log-end offset growth ÷ time over the newest minute of the window;
 //! - the **consume rate per replica**: committed-offset growth ÷ replica-seconds, over the
 //!   intervals in which the consumers were *busy* (the backlog at the start of the interval was at
 //!   least what they consumed in it, and some was left at its end: a group that keeps up only
@@ -44,6 +44,9 @@ pub const MIN_SCALE_DOWN_DELAY_SECONDS: i64 = 60;
 
 /// Samples older than this (seconds before the newest) leave the window.
 pub const WINDOW_SECONDS: f64 = 300.0;
+
+/// The produce rate is taken over the newest samples spanning this many seconds.
+pub const PRODUCE_SECONDS: f64 = 60.0;
 
 /// Most samples kept per resource.
 pub const MAX_SAMPLES: usize = 32;
@@ -136,7 +139,7 @@ pub struct Decision {
     pub target: i32,
     /// Lag at the newest sample.
     pub lag: u64,
-    /// Produce rate over the window (records/s), when the window has two samples.
+    /// Produce rate (records/s, see [`produce_rate`]), when the window has two samples.
     pub produce_rate: Option<f64>,
     /// Per-replica consume rate used (records/s).
     pub per_replica_rate: Option<f64>,
@@ -160,9 +163,7 @@ impl Decision {
                 self.target
             ),
             Reason::RateUnknown => "consume rate not measured yet: lag ÷ lagThreshold".to_owned(),
-            Reason::NoProgress => {
-                "busy consumers committed nothing: lag ÷ lagThreshold".to_owned()
-            }
+            Reason::NoProgress => "busy consumers committed nothing: lag ÷ lagThreshold".to_owned(),
             Reason::NoSamples => "no offsets read: holding".to_owned(),
         };
         format!(
@@ -208,9 +209,16 @@ pub fn measured_rate(window: &[Sample]) -> Option<f64> {
     (replica_seconds > 0.0).then(|| consumed / replica_seconds)
 }
 
-/// Produce rate over `window` (records/s), when it has two samples.
+/// Produce rate (records/s) over the last [`PRODUCE_SECONDS`] of `window` (at least its last two
+/// samples), when it has two samples: recent enough to follow a burst's start and end.
 pub fn produce_rate(window: &[Sample]) -> Option<f64> {
-    let (first, last) = (window.first()?, window.last()?);
+    let last = window.last()?;
+    let first = window
+        .iter()
+        .rev()
+        .skip(1)
+        .find(|s| last.time - s.time >= PRODUCE_SECONDS)
+        .or_else(|| window.iter().rev().nth(1))?;
     let dt = last.time - first.time;
     (dt > 0.0).then(|| last.end_offsets.saturating_sub(first.end_offsets) as f64 / dt)
 }
@@ -335,11 +343,7 @@ pub fn decide(input: &DrainInput<'_>) -> Decision {
             lower
         }
         (Some(p), Some(rate)) => {
-            let target_seconds = input
-                .policy
-                .target_drain_seconds
-                .unwrap_or(1)
-                .max(1) as f64;
+            let target_seconds = input.policy.target_drain_seconds.unwrap_or(1).max(1) as f64;
             let needed = (p + lag as f64 / target_seconds) / rate;
             even_spread(needed, now.partitions, lower, upper)
         }
@@ -373,7 +377,11 @@ impl Window {
     /// Adds `sample`, dropping those older than [`WINDOW_SECONDS`] before it and beyond
     /// [`MAX_SAMPLES`]; a sample not later than the newest replaces it (two reconciles at once).
     pub fn push(&mut self, sample: Sample) {
-        if self.samples.back().is_some_and(|last| last.time >= sample.time) {
+        if self
+            .samples
+            .back()
+            .is_some_and(|last| last.time >= sample.time)
+        {
             self.samples.pop_back();
         }
         self.samples.push_back(sample);
@@ -456,7 +464,11 @@ pub mod operator {
 
     /// The sample of a reading taken `now`; the consumers that ran since the previous reconcile
     /// are its ready replicas when its rollout had settled (0 otherwise).
-    pub fn sample(lag: &GroupLag, previous: Option<&ProfileConsumerStatus>, now: Timestamp) -> Sample {
+    pub fn sample(
+        lag: &GroupLag,
+        previous: Option<&ProfileConsumerStatus>,
+        now: Timestamp,
+    ) -> Sample {
         let replicas = previous
             .filter(|s| s.ready_replicas == s.desired_replicas && s.replicas == s.desired_replicas)
             .map_or(0, |s| s.ready_replicas);

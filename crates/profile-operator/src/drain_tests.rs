@@ -72,7 +72,11 @@ fn steady_group_that_keeps_up_holds_its_count_from_the_known_rate() {
     // 120 records/s, two consumers keep up: the lag stays at 50.
     let p = policy(1, 10, 1000, 120);
     let s = linear(6, 6, (10_050, 10_000), 3600, 3600, 2);
-    assert_eq!(measured_rate(&s), None, "a group that keeps up shows no capacity");
+    assert_eq!(
+        measured_rate(&s),
+        None,
+        "a group that keeps up shows no capacity"
+    );
     assert_eq!(produce_rate(&s), Some(120.0));
     let d = decide_on(&p, &s, Some(100.0), Some(2), LONG_AGO);
     // ceil((120 + 50/120) / 100) = 2, a divisor of 6.
@@ -94,7 +98,10 @@ fn burst_scales_to_drain_within_the_target_capped_by_partitions() {
     assert_eq!(produce_rate(&s), Some(500.0));
     let d = decide_on(&p, &s, None, Some(2), Some(0.0));
     // ceil((500 + 65 000/120) / 100) = 11, capped by the 6 partitions (maxReplicas is 10).
-    assert_eq!((d.replicas, d.reason, d.target), (6, Reason::DrainTarget, 6));
+    assert_eq!(
+        (d.replicas, d.reason, d.target),
+        (6, Reason::DrainTarget, 6)
+    );
     assert_eq!(d.measured_rate, Some(100.0));
     assert_eq!(d.lag, 65_000);
     // The lag ÷ threshold rule on the same reading: ceil(65 000 / 20 000) = 4, which drains no
@@ -136,7 +143,10 @@ fn idle_group_scales_to_min_after_the_hold() {
     assert_eq!(d.produce_rate, Some(0.0));
     // Within the delay of the last change: held.
     let d = decide_on(&p, &s, None, Some(3), Some(0.0));
-    assert_eq!((d.replicas, d.reason, d.target), (3, Reason::ScaleDownHeld, 1));
+    assert_eq!(
+        (d.replicas, d.reason, d.target),
+        (3, Reason::ScaleDownHeld, 1)
+    );
     // minReplicas 0: no pods while idle.
     let zero = policy(0, 10, 1000, 120);
     assert_eq!(decide_on(&zero, &s, None, Some(3), LONG_AGO).replicas, 0);
@@ -157,10 +167,14 @@ fn counter_reset_restarts_the_window() {
     // The topic was recreated at the 4th sample: offsets went back to near 0.
     let p = policy(1, 10, 1000, 120);
     let mut s = linear(6, 3, (120_000, 100_000), 15_000, 6_000, 2);
-    s.extend(series(6, &[(2_000, 0, 2), (4_000, 1_000, 2)]).into_iter().map(|x| Sample {
-        time: x.time + 90.0,
-        ..x
-    }));
+    s.extend(
+        series(6, &[(2_000, 0, 2), (4_000, 1_000, 2)])
+            .into_iter()
+            .map(|x| Sample {
+                time: x.time + 90.0,
+                ..x
+            }),
+    );
     assert_eq!(usable_window(&s).len(), 2);
     assert_eq!(usable_window(&s)[0].end_offsets, 2_000);
     let d = decide_on(&p, &s, None, Some(2), LONG_AGO);
@@ -267,7 +281,9 @@ fn scale_down_hold_is_at_least_the_rebalance_minimum() {
 
 #[test]
 fn even_spread_rounds_up_to_counts_that_spread_partitions_evenly() {
-    let rounded: Vec<i32> = (0..=7).map(|n| even_spread(f64::from(n), 6, 1, 6)).collect();
+    let rounded: Vec<i32> = (0..=7)
+        .map(|n| even_spread(f64::from(n), 6, 1, 6))
+        .collect();
     assert_eq!(rounded, [1, 1, 2, 3, 6, 6, 6, 6]);
     assert_eq!(even_spread(2.01, 6, 1, 6), 3);
     assert_eq!(even_spread(3.01, 6, 1, 6), 6);
@@ -295,11 +311,21 @@ fn never_more_than_partitions_or_max_never_less_than_min() {
                 if min > max {
                     continue;
                 }
-                for (produced, consumed, replicas) in
-                    [(0, 0, 1), (3_600, 3_600, 2), (15_000, 6_000, 2), (100, 0, 3)]
-                {
+                for (produced, consumed, replicas) in [
+                    (0, 0, 1),
+                    (3_600, 3_600, 2),
+                    (15_000, 6_000, 2),
+                    (100, 0, 3),
+                ] {
                     let p = policy(min, max, 1000, 60);
-                    let s = linear(partitions, 6, (50_000, 40_000), produced, consumed, replicas);
+                    let s = linear(
+                        partitions,
+                        6,
+                        (50_000, 40_000),
+                        produced,
+                        consumed,
+                        replicas,
+                    );
                     for known in [None, Some(1.0), Some(1e9)] {
                         let d = decide_on(&p, &s, known, None, None);
                         let upper = if partitions == 0 {
@@ -331,15 +357,11 @@ fn the_fallback_is_the_lag_threshold_rule() {
                     last_scale: last.map(at),
                     now: at(0),
                 });
-                let got = lag_rule(
-                    &p,
-                    lag,
-                    partitions,
-                    current,
-                    last.map(|s| s as f64),
-                    0.0,
+                let got = lag_rule(&p, lag, partitions, current, last.map(|s| s as f64), 0.0);
+                assert_eq!(
+                    got, expected,
+                    "lag {lag}, partitions {partitions}, {current:?}"
                 );
-                assert_eq!(got, expected, "lag {lag}, partitions {partitions}, {current:?}");
             }
         }
     }
@@ -419,5 +441,9 @@ fn messages_say_why() {
         "6 replicas: drains the backlog within 120 s (lag 65000, produce 500.0/s, 100.0/s per replica)"
     );
     let d = decide_on(&p, &s[..1], None, None, None);
-    assert!(d.message(120).contains("lag ÷ lagThreshold"), "{}", d.message(120));
+    assert!(
+        d.message(120).contains("lag ÷ lagThreshold"),
+        "{}",
+        d.message(120)
+    );
 }

@@ -228,7 +228,7 @@ impl Bench {
             what,
         );
         self.report.row(
-            "7 autoscaling (simulated burst): time to drain after the burst",
+            "7 autoscaling (simulated burst): time to drain from the burst start",
             "s",
             d.drain_seconds.map(f64::from),
             r.drain_seconds.map(f64::from),
