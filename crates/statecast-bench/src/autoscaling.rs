@@ -300,7 +300,7 @@ impl Simulation {
         for (what, a, b) in rows {
             let _ = writeln!(out, "{what:<30} {a:>24} {b:>24}");
         }
-        out
+        out.lines().map(|l| format!("{}\n", l.trim_end())).collect()
     }
 
     /// The section of `docs/benchmarks.md`, from [`TITLE`] to the end of its text.
@@ -388,6 +388,7 @@ mod tests {
         }
         let text = a.text();
         assert!(text.contains("peak lag"), "{text}");
+        assert!(text.lines().all(|l| l == l.trim_end()), "{text}");
         assert!(a.markdown().starts_with(TITLE));
     }
 
