@@ -95,6 +95,8 @@ AUTOSCALING_CONSUMER = obj("Lag-based autoscaling done by the operator (instead 
     "maxReplicas": i("Highest replica count.", 1),
     "lagThreshold": i("Consumer-group lag per replica that triggers a scale-up.", 1),
     "scaleDownDelaySeconds": i("Seconds the lag must stay low before scaling down.", 0),
+    "targetDrainSeconds": i("Drain mode: size replicas from measured produce and consume rates so the "
+                            "lag drains within this many seconds (needs scaleDownDelaySeconds >= 60).", 1),
 }, required=["maxReplicas", "lagThreshold"])  # what the CRD requires (minReplicas defaults to 1)
 
 CONSUMER = obj("One ProfileConsumer (statecast.dev/v1alpha1).", {

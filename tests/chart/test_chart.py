@@ -610,8 +610,9 @@ def test_autoscaling_renders_hpa_pdb_and_lag_scaled_consumers(helm):
     assert one(objs, "PodDisruptionBudget", "statecast-api")["spec"]["minAvailable"] == 1
     assert one(objs, "Ingress", "statecast-api")["spec"]["ingressClassName"] == "nginx"
     audit = one(objs, "ProfileConsumer", "statecast-audit")["spec"]
+    # Drain mode (issue 14, item 6) passes through the chart as the CRD field.
     assert audit["autoscaling"] == {"minReplicas": 1, "maxReplicas": 6, "lagThreshold": 1000,
-                                    "scaleDownDelaySeconds": 300}
+                                    "scaleDownDelaySeconds": 300, "targetDrainSeconds": 120}
     assert "replicas" not in audit
 
 

@@ -157,7 +157,8 @@ impl std::fmt::Display for Handler {
 }
 
 /// Lag-based scaling: desired replicas = ceil(lag / lagThreshold), clamped to
-/// [minReplicas, min(maxReplicas, partitions)].
+/// [minReplicas, min(maxReplicas, partitions)]; with `targetDrainSeconds`, sized from measured
+/// rates to drain the lag within that time ([`crate::drain`]).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[schemars(transform = autoscaling_rules)]
 #[serde(rename_all = "camelCase")]
@@ -180,6 +181,16 @@ pub struct Autoscaling {
     #[serde(default = "default_scale_down_delay_seconds")]
     #[schemars(range(min = 0))]
     pub scale_down_delay_seconds: i64,
+
+    /// Drain mode: seconds within which the backlog should be consumed. The operator measures
+    /// the produce rate and each consumer's rate from successive offsets and runs
+    /// `ceil((produce + lag / targetDrainSeconds) / rate per consumer)` replicas, rounded up to a
+    /// count that spreads the partitions evenly. Until a rate has been measured (a new resource,
+    /// an operator restart) it uses the `lagThreshold` rule. Requires `scaleDownDelaySeconds` of
+    /// at least 60, so a rebalance settles and is measured before scaling down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_drain_seconds: Option<i64>,
 }
 
 /// `spec.replicas` when unset. The schema defaults it, so the scale subresource (whose `GET`
@@ -202,6 +213,14 @@ fn spec_rules(schema: &mut schemars::Schema) {
     );
 }
 
+/// CEL rule against a drain target with a scale-down delay too short for a rebalance to settle
+/// ([`crate::drain::MIN_SCALE_DOWN_DELAY_SECONDS`]). `scaleDownDelaySeconds` is defaulted first.
+pub const DRAIN_DELAY_RULE: &str =
+    "!has(self.targetDrainSeconds) || self.scaleDownDelaySeconds >= 60";
+
+/// Message of [`DRAIN_DELAY_RULE`], also the reconciler's `InvalidSpec` message.
+pub const DRAIN_DELAY_MESSAGE: &str = "targetDrainSeconds needs scaleDownDelaySeconds >= 60 (a rebalance must settle before scaling down)";
+
 /// CEL rules of `autoscaling`, enforced by the API server (`x-kubernetes-validations`).
 fn autoscaling_rules(schema: &mut schemars::Schema) {
     schema.insert(
@@ -209,6 +228,9 @@ fn autoscaling_rules(schema: &mut schemars::Schema) {
         json!([{
             "rule": "self.minReplicas <= self.maxReplicas",
             "message": "minReplicas must not be greater than maxReplicas",
+        }, {
+            "rule": DRAIN_DELAY_RULE,
+            "message": DRAIN_DELAY_MESSAGE,
         }]),
     );
 }
@@ -324,6 +346,14 @@ impl ProfileConsumerSpec {
             }
             if a.scale_down_delay_seconds < 0 {
                 return Err("autoscaling.scaleDownDelaySeconds must be >= 0".into());
+            }
+            if let Some(t) = a.target_drain_seconds {
+                if t < 1 {
+                    return Err("autoscaling.targetDrainSeconds must be >= 1".into());
+                }
+                if a.scale_down_delay_seconds < crate::drain::MIN_SCALE_DOWN_DELAY_SECONDS {
+                    return Err(DRAIN_DELAY_MESSAGE.into());
+                }
             }
         }
         Ok(())
@@ -625,6 +655,27 @@ mod tests {
                 "{path} accepted by spec.validate()"
             );
         }
+    }
+
+    #[test]
+    fn drain_delay_rule_names_the_policy_minimum() {
+        let minimum = crate::drain::MIN_SCALE_DOWN_DELAY_SECONDS.to_string();
+        assert!(DRAIN_DELAY_RULE.ends_with(&format!(">= {minimum}")));
+        assert!(DRAIN_DELAY_MESSAGE.contains(&format!(">= {minimum}")));
+        // The default delay (300) passes the rule when only the target is set.
+        let drain = serde_json::json!({
+            "apiVersion": "statecast.dev/v1alpha1", "kind": "ProfileConsumer",
+            "metadata": {"name": "a"},
+            "spec": {"handler": "audit", "topics": ["t"],
+                     "autoscaling": {"maxReplicas": 3, "lagThreshold": 10,
+                                     "scaleDownDelaySeconds": 300, "targetDrainSeconds": 60}},
+        });
+        assert_eq!(cel_check(&drain), Vec::<String>::new());
+        let pc: ProfileConsumer = serde_json::from_value(drain).unwrap();
+        assert_eq!(pc.spec.validate(), Ok(()));
+        let mut spec = pc.spec.clone();
+        spec.autoscaling.as_mut().unwrap().target_drain_seconds = Some(0);
+        assert!(spec.validate().is_err());
     }
 
     #[test]

@@ -21,6 +21,11 @@ pub struct GroupLag {
     pub lag: u64,
     /// Partitions of all topics together.
     pub partitions: u32,
+    /// Sum of the partitions' log-end offsets (high watermarks).
+    pub end_offsets: u64,
+    /// Sum of the group's committed offsets, a partition never committed counting its low
+    /// watermark: `end_offsets - committed == lag`.
+    pub committed: u64,
 }
 
 /// Reads a group's lag; blocking.
@@ -91,6 +96,7 @@ impl LagReader for KafkaLagReader {
 
         let mut lag = 0u64;
         let mut partitions = 0u32;
+        let (mut end_offsets, mut committed_sum) = (0u64, 0u64);
         for elem in committed.elements() {
             let (low, high) = consumer
                 .fetch_watermarks(elem.topic(), elem.partition(), self.timeout)
@@ -100,9 +106,16 @@ impl LagReader for KafkaLagReader {
                 _ => low,
             };
             lag = lag.saturating_add(u64::try_from(high - from).unwrap_or(0));
+            end_offsets = end_offsets.saturating_add(u64::try_from(high).unwrap_or(0));
+            committed_sum = committed_sum.saturating_add(u64::try_from(from).unwrap_or(0));
             partitions += 1;
         }
-        Ok(GroupLag { lag, partitions })
+        Ok(GroupLag {
+            lag,
+            partitions,
+            end_offsets,
+            committed: committed_sum,
+        })
     }
 }
 
@@ -186,7 +199,9 @@ mod tests {
             lag,
             GroupLag {
                 lag: 1000,
-                partitions: 4
+                partitions: 4,
+                end_offsets: 1000,
+                committed: 0,
             }
         );
 
@@ -195,6 +210,7 @@ mod tests {
             max_replicas: 10,
             lag_threshold: 100,
             scale_down_delay_seconds: 300,
+            target_drain_seconds: None,
         };
         let desired = desired_replicas(&ScaleInput {
             policy: &policy,
@@ -228,6 +244,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(lag.lag, 750);
+        assert_eq!((lag.end_offsets, lag.committed), (1000, 250));
     }
 
     #[test]

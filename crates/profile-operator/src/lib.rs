@@ -7,6 +7,7 @@
 //!   validation the reconciler uses.
 //! - [`deployment`]: the pure builder turning a resource and the operator settings into a Deployment.
 //! - [`scaling`]: the pure lag-based scaling rule.
+//! - [`drain`]: the pure drain-time scaling policy (`targetDrainSeconds`) and its sample windows.
 //! - [`lag`]: reading a consumer group's lag and partition count from Kafka, behind a trait.
 //! - [`reconcile`]: the controller loop, its `Context` and error policy.
 //! - [`metrics`]: Prometheus metrics of the reconciler.
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod crd;
 pub mod deployment;
+pub mod drain;
 pub mod http;
 pub mod lag;
 pub mod leader;

@@ -17,6 +17,13 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// Label of the scaling decisions counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// [`crate::drain::Reason::as_str`] of the decision.
+    pub reason: String,
+}
+
 /// The reconciler's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -26,6 +33,8 @@ pub struct Metrics {
     pub failures: Family<ErrorLabels, Counter>,
     /// Duration of reconciles in seconds.
     pub duration: Histogram,
+    /// Drain-mode scaling decisions, by reason.
+    pub scaling_decisions: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -34,6 +43,7 @@ impl Default for Metrics {
             reconciles: Counter::default(),
             failures: Family::default(),
             duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
+            scaling_decisions: Family::default(),
         }
     }
 }
@@ -57,6 +67,11 @@ impl Metrics {
             "Duration of reconciles",
             self.duration.clone(),
         );
+        sub.register(
+            "scaling_decisions",
+            "Drain-mode (targetDrainSeconds) scaling decisions, by reason",
+            self.scaling_decisions.clone(),
+        );
         self
     }
 
@@ -67,6 +82,15 @@ impl Metrics {
             start: Instant::now(),
             histogram: self.duration.clone(),
         }
+    }
+
+    /// Counts a drain-mode scaling decision.
+    pub fn scaling_decision(&self, reason: &str) {
+        self.scaling_decisions
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// Counts a failed reconcile.
@@ -102,6 +126,7 @@ mod tests {
         let metrics = Metrics::default().register(&mut registry);
         drop(metrics.count_and_measure());
         metrics.reconcile_failure(&Error::Kafka("down".into()));
+        metrics.scaling_decision("DrainTarget");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
@@ -110,5 +135,9 @@ mod tests {
         );
         assert!(text.contains(r#"profile_operator_reconcile_failures_total{error="kafka"} 1"#));
         assert!(text.contains("profile_operator_reconcile_duration_seconds_count 1"));
+        assert!(
+            text.contains(r#"profile_operator_scaling_decisions_total{reason="DrainTarget"} 1"#),
+            "{text}"
+        );
     }
 }

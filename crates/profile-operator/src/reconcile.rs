@@ -37,6 +37,7 @@ use serde_json::json;
 
 use crate::crd::{CRD_NAME, ProfileConsumer, ProfileConsumerStatus};
 use crate::deployment::{self, MANAGED_BY, Settings};
+use crate::drain;
 use crate::lag::{GroupLag, LagReader};
 use crate::metrics::Metrics;
 use crate::scaling::{ScaleInput, desired_replicas};
@@ -67,6 +68,8 @@ pub struct Context {
     pub now: fn() -> Timestamp,
     /// Consecutive failures per resource, for the backoff.
     failures: Mutex<HashMap<ObjectRef<ProfileConsumer>, u32>>,
+    /// Offset samples per resource in drain mode (in memory: a restart starts a fresh window).
+    pub drain_windows: drain::Windows,
 }
 
 impl Context {
@@ -86,6 +89,7 @@ impl Context {
             metrics,
             now: Timestamp::now,
             failures: Mutex::default(),
+            drain_windows: drain::Windows::default(),
         }
     }
 
@@ -181,6 +185,9 @@ pub fn error_policy(pc: Arc<ProfileConsumer>, error: &Error, ctx: Arc<Context>) 
 const READY: &str = "Ready";
 const PROGRESSING: &str = "Progressing";
 const DEGRADED: &str = "Degraded";
+/// Drain mode only: `True` when the replicas come from measured rates, `False` when the
+/// `lagThreshold` fallback decided; the reason is [`drain::Reason::as_str`].
+pub const SCALING_ACTIVE: &str = "ScalingActive";
 
 /// A condition whose `lastTransitionTime` only moves when its status changes.
 fn condition(
@@ -333,6 +340,7 @@ async fn reconcile_inner(pc: &ProfileConsumer, ctx: &Context) -> Result<Action> 
     if pc.meta().deletion_timestamp.is_some() {
         // Being deleted: the garbage collector removes the Deployment through its owner
         // reference; applying it now would only recreate it.
+        ctx.drain_windows.forget(&drain::operator::key(pc));
         return Ok(Action::await_change());
     }
     let namespace = pc.namespace_or_err()?;
@@ -369,8 +377,30 @@ async fn reconcile_inner(pc: &ProfileConsumer, ctx: &Context) -> Result<Action> 
         .and_then(|s| s.last_scale_time.as_ref())
         .map(|t| t.0);
     let mut lag_error = None;
+    let drain_key = drain::operator::key(pc);
+    let mut drain_decision = None;
+    let drain_target = pc
+        .spec
+        .autoscaling
+        .as_ref()
+        .and_then(|a| a.target_drain_seconds);
+    if drain_target.is_none() {
+        ctx.drain_windows.forget(&drain_key);
+    }
     let wanted = match (&pc.spec.autoscaling, &lag) {
         (None, _) => pc.spec.replicas.unwrap_or(crate::crd::DEFAULT_REPLICAS),
+        (Some(policy), Ok(l)) if drain_target.is_some() => {
+            let decision = ctx.drain_windows.record_and_decide(
+                &drain_key,
+                drain::operator::sample(l, previous.as_ref(), now),
+                policy,
+                previous_desired.filter(|_| !pc.spec.paused),
+                last_scale.map(drain::operator::seconds),
+            );
+            ctx.metrics.scaling_decision(decision.reason.as_str());
+            drain_decision = Some(decision);
+            decision.replicas
+        }
         (Some(policy), Ok(l)) => desired_replicas(&ScaleInput {
             policy,
             lag: l.lag,
@@ -408,9 +438,13 @@ async fn reconcile_inner(pc: &ProfileConsumer, ctx: &Context) -> Result<Action> 
     };
     let last_scale_time = match previous_desired {
         Some(before) if before != desired => {
-            let note = match lag_value {
-                Some(l) => format!("scaled from {before} to {desired} replicas (lag {l})"),
-                None => format!("scaled from {before} to {desired} replicas"),
+            let note = match (lag_value, &drain_decision) {
+                (Some(_), Some(d)) if !pc.spec.paused => format!(
+                    "scaled from {before} to {}",
+                    d.message(drain_target.unwrap_or_default())
+                ),
+                (Some(l), _) => format!("scaled from {before} to {desired} replicas (lag {l})"),
+                (None, _) => format!("scaled from {before} to {desired} replicas"),
             };
             ctx.publish(pc, EventType::Normal, "Scaled", note).await;
             Some(Time(now))
@@ -452,7 +486,7 @@ async fn reconcile_inner(pc: &ProfileConsumer, ctx: &Context) -> Result<Action> 
             format!("{ready}/{desired} replicas ready"),
         )
     };
-    let conditions = vec![
+    let mut conditions = vec![
         condition(
             &old_conditions,
             READY,
@@ -506,6 +540,30 @@ async fn reconcile_inner(pc: &ProfileConsumer, ctx: &Context) -> Result<Action> 
             ),
         },
     ];
+    if let Some(target) = drain_target {
+        let (active, reason, message) = match (&drain_decision, &lag_error) {
+            (Some(d), _) => (
+                !d.reason.is_fallback(),
+                d.reason.as_str(),
+                d.message(target),
+            ),
+            (None, Some(e)) => (
+                false,
+                "LagUnavailable",
+                format!("holding {desired} replicas: {e}"),
+            ),
+            (None, None) => (false, "NoSamples", format!("{desired} replicas")),
+        };
+        conditions.push(condition(
+            &old_conditions,
+            SCALING_ACTIVE,
+            active,
+            reason,
+            message,
+            generation,
+            now,
+        ));
+    }
     let status = ProfileConsumerStatus {
         observed_generation: generation,
         group_id: Some(group),

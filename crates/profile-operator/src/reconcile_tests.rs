@@ -42,7 +42,12 @@ impl LagReader for StubLag {
 }
 
 fn lag(lag: u64, partitions: u32) -> StubLag {
-    StubLag(Ok(GroupLag { lag, partitions }))
+    StubLag(Ok(GroupLag {
+        lag,
+        partitions,
+        end_offsets: lag,
+        committed: 0,
+    }))
 }
 
 /// The requests one reconcile must make, in order.
@@ -324,6 +329,7 @@ fn autoscaling_spec(min: i32, max: i32, threshold: i64) -> ProfileConsumerSpec {
             max_replicas: max,
             lag_threshold: threshold,
             scale_down_delay_seconds: 300,
+            target_drain_seconds: None,
         }),
         ..spec()
     }
@@ -1107,4 +1113,64 @@ async fn status_patches_echoed_by_the_watch_do_not_retrigger_reconciles() {
                 && *at < deployment_change_at + Duration::from_secs(1)),
         "no reconcile after the Deployment changed: {reconciles:?}"
     );
+}
+
+fn drain_spec(scale_down_delay_seconds: i64) -> ProfileConsumerSpec {
+    let mut s = autoscaling_spec(1, 10, 1000);
+    let a = s.autoscaling.as_mut().unwrap();
+    a.target_drain_seconds = Some(120);
+    a.scale_down_delay_seconds = scale_down_delay_seconds;
+    s
+}
+
+#[tokio::test]
+async fn drain_mode_starts_on_the_lag_rule_and_keeps_a_sample_window() {
+    let pc = resource("drain", drain_spec(300));
+    let (result, sent, ctx) = reconcile_with(
+        pc.clone(),
+        lag(4500, 6),
+        Scenario::Apply {
+            siblings: vec![pc.clone()],
+            ready: 5,
+            events: vec![],
+        },
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+    let status = sent.status.unwrap();
+    // One sample, no rate yet: ceil(4500 / 1000) = 5.
+    assert_eq!(status.desired_replicas, 5);
+    assert_eq!(replicas_of(&sent.deployment.unwrap()), Some(5));
+    let c = assert_condition(&status, SCALING_ACTIVE, "False", "RateUnknown");
+    assert!(c.message.starts_with("5 replicas: "), "{}", c.message);
+    assert!(c.message.contains("lag 4500"), "{}", c.message);
+    assert_condition(&status, "Degraded", "False", "AsExpected");
+    assert_eq!(ctx.drain_windows.len(&drain::operator::key(&pc)), 1);
+}
+
+#[tokio::test]
+async fn lag_mode_has_no_scaling_active_condition() {
+    let pc = resource("lagmode", autoscaling_spec(1, 10, 1000));
+    let (_, sent, ctx) = reconcile_with(
+        pc.clone(),
+        lag(4500, 6),
+        Scenario::Apply {
+            siblings: vec![pc.clone()],
+            ready: 5,
+            events: vec![],
+        },
+    )
+    .await;
+    let status = sent.status.unwrap();
+    assert!(status.conditions.iter().all(|c| c.type_ != SCALING_ACTIVE));
+    assert_eq!(ctx.drain_windows.len(&drain::operator::key(&pc)), 0);
+}
+
+#[tokio::test]
+async fn drain_target_with_a_short_scale_down_delay_is_refused() {
+    let pc = resource("drain-short", drain_spec(30));
+    let (_, sent, _) = reconcile_with(pc.clone(), lag(0, 6), Scenario::InvalidSpec).await;
+    let status = sent.status.unwrap();
+    let c = assert_condition(&status, "Degraded", "True", "InvalidSpec");
+    assert_eq!(c.message, crate::crd::DRAIN_DELAY_MESSAGE);
 }

@@ -68,6 +68,7 @@ mod tests {
             max_replicas: max,
             lag_threshold: threshold,
             scale_down_delay_seconds: 300,
+            target_drain_seconds: None,
         }
     }
 

@@ -58,7 +58,9 @@ async fn lag_is_read_over_sasl_ssl_and_a_wrong_password_is_an_error() {
         lag,
         GroupLag {
             lag: 7,
-            partitions: 2
+            partitions: 2,
+            end_offsets: 10,
+            committed: 3,
         }
     );
 

@@ -14,7 +14,10 @@
 //! - `tools`: wrk / redis-benchmark / pgbench command lines and parsers.
 //! - `report`: table, notes, commands, plot specs, `docs/benchmarks.md`.
 //! - `scenarios`: the six scenarios.
+//! - `autoscaling`: section 7, the operator's autoscaling rules over a simulated burst (no
+//!   services; `--autoscaling-only` runs just it).
 
+mod autoscaling;
 mod procs;
 mod report;
 mod scenarios;
@@ -66,6 +69,10 @@ pub struct Args {
     /// Write nothing under docs/ (print the table only).
     #[arg(long)]
     pub no_docs: bool,
+    /// Run only section 7 (the autoscaling simulation, no services), print it and replace that
+    /// section of docs/benchmarks.md in place (unless --no-docs).
+    #[arg(long)]
+    pub autoscaling_only: bool,
 }
 
 #[tokio::main]
@@ -82,6 +89,17 @@ async fn main() -> anyhow::Result<()> {
     }
     .canonicalize()
     .context("repository root")?;
+    if args.autoscaling_only {
+        let simulation = autoscaling::simulate();
+        println!("{}", simulation.text());
+        if !args.no_docs {
+            let path = root.join("docs/benchmarks.md");
+            let doc = std::fs::read_to_string(&path).unwrap_or_default();
+            std::fs::write(&path, autoscaling::splice(&doc, &simulation.markdown()))?;
+            println!("wrote section 7 of {}", path.display());
+        }
+        return Ok(());
+    }
     let bin_dir = match &args.bin_dir {
         Some(dir) => dir.clone(),
         None => {

@@ -45,6 +45,8 @@ pub(crate) struct Report {
     pub(crate) notes: Vec<String>,
     /// Plot specifications for `scripts/bench-plot.py`.
     pub(crate) plots: Vec<Value>,
+    /// Whole Markdown sections (title and text), placed before the exact commands.
+    pub(crate) sections: Vec<String>,
 }
 
 fn ratio(x: f64) -> String {
@@ -240,6 +242,9 @@ impl Report {
             for file in plots {
                 let _ = writeln!(md, "![{file}](bench/{file})\n");
             }
+        }
+        for section in &self.sections {
+            let _ = writeln!(md, "{}\n", section.trim_end());
         }
         let _ = writeln!(md, "## Exact commands\n");
         let _ = writeln!(

@@ -203,7 +203,38 @@ impl Bench {
         miss_api.proc.stop().await;
         self.scenario4().await?;
         self.scenario6();
+        self.scenario7();
         Ok(())
+    }
+
+    /// Section 7: the autoscaling simulation (deterministic, no services).
+    fn scenario7(&mut self) {
+        let simulation = crate::autoscaling::simulate();
+        println!("\n{}\n{}", crate::autoscaling::TITLE, simulation.text());
+        let what = "lag ÷ lagThreshold rule (KEDA's), same simulated burst";
+        let (d, r) = (simulation.drain, simulation.rule);
+        self.report.row(
+            "7 autoscaling (simulated burst): peak lag",
+            "records",
+            Some(d.peak_lag as f64),
+            Some(r.peak_lag as f64),
+            what,
+        );
+        self.report.row(
+            "7 autoscaling (simulated burst): replica-seconds",
+            "replica·s",
+            Some(d.replica_seconds as f64),
+            Some(r.replica_seconds as f64),
+            what,
+        );
+        self.report.row(
+            "7 autoscaling (simulated burst): time to drain from the burst start",
+            "s",
+            d.drain_seconds.map(f64::from),
+            r.drain_seconds.map(f64::from),
+            what,
+        );
+        self.report.sections.push(simulation.markdown());
     }
 
     async fn start_api(
