@@ -231,7 +231,18 @@ impl Service {
 
     /// Kills the process with SIGKILL: no shutdown code runs.
     pub async fn kill(mut self) {
+        self.crash().await;
+    }
+
+    /// Kills the process with SIGKILL and waits for it to be gone, keeping the handle (and its
+    /// log); nothing happens if it already exited.
+    pub async fn crash(&mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// The process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// The log written so far.
