@@ -1397,10 +1397,12 @@ async fn relay_leader_killed_mid_batch_loses_doubles_and_reorders_nothing() {
         .await
         .unwrap();
     println!(
-        "10: {} writes acknowledged ({} cut off by the kills), {batches_cut} batches cut, \
-         {sent_unmarked} records sent but not marked published at the kills; {effects:?}",
+        "10: {} writes acknowledged ({} cut off by the kills, {} of them committed), \
+         {batches_cut} batches cut, {sent_unmarked} records sent but not marked published at \
+         the kills; {effects:?}",
         writes.acked.len(),
-        writes.other
+        writes.other,
+        expected.committed() - expected.total()
     );
     assert_eq!(writes.unavailable, 0, "no write was refused");
     Row {
@@ -1567,6 +1569,11 @@ async fn slow_database_stampede(steal_lock: bool) -> Row<'static> {
     let system = System::start(SystemOptions {
         handlers: vec![],
         api_database_addr: Some(proxy.addr().to_string()),
+        // What is under test is the slow PostgreSQL. With the default 200 ms budget, Redis
+        // commands of debug builds answering 300 requests on two shared cores time out now
+        // and then; each timeout sends its replica to PostgreSQL (`x-cache: bypass`, or a load
+        // without the lock), which is the designed fallback but not this scenario's fault.
+        api_env: vec![("REDIS_TIMEOUT_MS", "2000".to_owned())],
         ..SystemOptions::default()
     })
     .await
@@ -1603,6 +1610,7 @@ async fn slow_database_stampede(steal_lock: bool) -> Row<'static> {
         }
         proxy.slow_down(Duration::from_millis(500));
         let before = proxy.executes_of(is_load);
+        let started = tokio::time::Instant::now();
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thief = steal_lock.then(|| {
             let (done, user) = (done.clone(), user.clone());
@@ -1622,30 +1630,44 @@ async fn slow_database_stampede(steal_lock: bool) -> Row<'static> {
             async move {
                 match client.get(format!("{url}/v1/profiles/{user}")).send().await {
                     Ok(r) if r.status().as_u16() == 200 => {
+                        let how = r
+                            .headers()
+                            .get("x-cache")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_owned();
                         let json: serde_json::Value = r.json().await.unwrap_or_default();
                         // The acknowledged profile: its id, version 1.
                         if json["id"] == user.as_str() && json["version"] == 1 {
-                            (0, 0)
+                            (0, 0, how)
                         } else {
-                            (1, 0)
+                            (1, 0, how)
                         }
                     }
-                    Ok(r) if r.status().is_server_error() => (0, 1),
-                    _ => (1, 0),
+                    Ok(r) if r.status().is_server_error() => (0, 1, String::new()),
+                    _ => (1, 0, String::new()),
                 }
             }
         });
-        for (w, e) in futures::future::join_all(reads).await {
+        // How the answers were served (x-cache), to tell a fill from a bypass of a slow Redis.
+        let mut served: BTreeMap<String, usize> = BTreeMap::new();
+        for (w, e, how) in futures::future::join_all(reads).await {
             wrong += w;
             server_errors += e;
+            *served.entry(how).or_default() += 1;
         }
         done.store(true, Ordering::SeqCst);
         if let Some(thief) = thief {
             thief.await.unwrap();
         }
+        let took = started.elapsed();
         proxy.slow_down(Duration::ZERO);
         let loads = proxy.executes_of(is_load) - before;
-        println!("12: key {k}: {loads} database loads for {readers} reads");
+        println!("12: key {k}: {loads} database loads for {readers} reads in {took:?}, served {served:?}");
+        assert!(
+            took >= Duration::from_millis(500),
+            "the reads did not wait for the slowed database"
+        );
         extra_loads += usize::try_from(loads).unwrap().saturating_sub(1);
         // No load at all would mean an answer came from nowhere.
         if loads == 0 {
@@ -1719,6 +1741,9 @@ async fn stale_fill_after_invalidation(lose_marker: bool) -> Row<'static> {
     let proxy = kit::PgProxy::start(&postgres_host_port()).await.unwrap();
     let system = System::start(SystemOptions {
         handlers: vec![],
+        // As in scenario 12: a Redis timeout of a starved debug build would skip the fill
+        // (bypass) instead of racing it.
+        api_env: vec![("REDIS_TIMEOUT_MS", "2000".to_owned())],
         ..SystemOptions::default()
     })
     .await

@@ -22,7 +22,9 @@ pub struct Expected {
     pub events: HashMap<String, (String, i64)>,
     /// Acknowledged writes with no event in the outbox (each one is lost everywhere).
     pub without_event: usize,
-    /// The last acknowledged version of each user.
+    /// The last version of each user with an acknowledged write: that of its last acknowledged
+    /// write, or of a later one that committed although its answer never reached the client
+    /// (a replica killed or a connection cut after the commit).
     pub last: HashMap<String, i64>,
     /// Every event of the outbox (acknowledged or not: a write whose answer was lost may have
     /// committed), with its user and version, to put effects in per-user order.
@@ -52,6 +54,13 @@ impl Expected {
         for (user, version) in acked {
             let last = expected.last.entry(user.clone()).or_default();
             *last = (*last).max(*version);
+        }
+        for (user, version) in expected.outbox.values() {
+            if let Some(last) = expected.last.get_mut(user) {
+                *last = (*last).max(*version);
+            }
+        }
+        for (user, version) in acked {
             match by_write.get(&(user.clone(), *version)) {
                 Some(id) => {
                     expected.events.insert(id.clone(), (user.clone(), *version));
@@ -65,6 +74,19 @@ impl Expected {
     /// How many events there should be effects for (acknowledged writes).
     pub fn total(&self) -> usize {
         self.events.len() + self.without_event
+    }
+
+    /// How many events there should be effects for in a group that can only be counted in
+    /// aggregate (analytics): every committed event, acknowledged or not (a write committed
+    /// without its answer reaching the client is applied too), and each acknowledged write
+    /// without its event.
+    pub fn committed(&self) -> usize {
+        let unacknowledged = self
+            .outbox
+            .keys()
+            .filter(|id| !self.events.contains_key(*id))
+            .count();
+        self.total() + unacknowledged
     }
 
     /// User and version of event `id`, from the outbox or the acknowledged writes.
@@ -122,7 +144,7 @@ pub async fn audit_effects(pool: &sqlx::PgPool) -> anyhow::Result<HashMap<String
 }
 
 /// Analytics counts each applied event once as a change of its day: the sum against the
-/// expected events (the database is the scenario's own).
+/// committed events ([`Expected::committed`]; the database is the scenario's own).
 pub async fn analytics_tally(pool: &sqlx::PgPool, expected: &Expected) -> anyhow::Result<Tally> {
     let changes: Option<i64> =
         sqlx::query_scalar("select sum(changes)::bigint from analytics_daily_changes")
@@ -130,7 +152,7 @@ pub async fn analytics_tally(pool: &sqlx::PgPool, expected: &Expected) -> anyhow
             .await
             .context("read analytics_daily_changes")?;
     let changes = usize::try_from(changes.unwrap_or(0)).unwrap_or(0);
-    let total = expected.total();
+    let total = expected.committed();
     Ok(Tally {
         lost: total.saturating_sub(changes),
         duplicated: changes.saturating_sub(total),
@@ -226,8 +248,8 @@ pub fn mail_out_of_order(dir: &Path, expected: &Expected) -> usize {
     )
 }
 
-/// Users whose cached entry (`profile:{id}`, `"k": "p"`) is not at their last acknowledged
-/// version: each is a lost cache-refresh effect.
+/// Users whose cached entry (`profile:{id}`, `"k": "p"`) is not at their last version
+/// ([`Expected::last`])/// version: each is a lost cache-refresh effect.
 pub async fn cache_lost(redis_url: &str, expected: &Expected) -> anyhow::Result<usize> {
     let client = redis::Client::open(redis_url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
@@ -397,7 +419,7 @@ pub struct Effects {
     pub audit: Option<Tally>,
     pub analytics: Option<Tally>,
     pub mail: Option<Tally>,
-    /// Users whose cache entry is not at their last acknowledged version (cache-refresh).
+    /// Users whose cache entry is not at their last version (cache-refresh).
     pub cache_lost: Option<usize>,
     /// Audit rows and mails out of per-user order.
     pub audit_out_of_order: usize,
@@ -547,6 +569,19 @@ mod tests {
         e.without_event = 2;
         let effects: HashMap<String, usize> = [("a".to_owned(), 1)].into();
         assert_eq!(tally(&e, &effects).lost, 2);
+    }
+
+    #[test]
+    fn a_committed_write_without_its_answer_is_expected_in_aggregate_and_in_the_cache() {
+        let mut e = expected(&["a", "b"]);
+        e.outbox = [
+            ("a".to_owned(), ("u".to_owned(), 1)),
+            ("b".to_owned(), ("u".to_owned(), 2)),
+            ("c".to_owned(), ("u".to_owned(), 3)),
+        ]
+        .into();
+        e.last.insert("u".to_owned(), 3);
+        assert_eq!((e.total(), e.committed()), (2, 3));
     }
 
     #[test]

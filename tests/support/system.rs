@@ -26,6 +26,8 @@ pub struct SystemOptions {
     pub api_database_addr: Option<String>,
     /// `host:port` the API should use for Redis instead of the stack's (a fault proxy).
     pub api_redis_addr: Option<String>,
+    /// More settings for every API replica (added last, so they win).
+    pub api_env: Vec<(&'static str, String)>,
     /// `host:port` the consumers should use for PostgreSQL instead of the stack's.
     pub consumer_database_addr: Option<String>,
     /// `host:port` the consumers should use for Redis instead of the stack's.
@@ -42,6 +44,7 @@ impl Default for SystemOptions {
             partitions: 3,
             api_database_addr: None,
             api_redis_addr: None,
+            api_env: Vec::new(),
             consumer_database_addr: None,
             consumer_redis_addr: None,
             consumer_smtp_addr: None,
@@ -119,6 +122,7 @@ impl System {
             ("RUST_LOG", "info".to_owned()),
         ];
         push_otlp(&mut api_env, &options.otlp_endpoint);
+        api_env.extend(options.api_env.iter().cloned());
         let api = start_api(&api_env, port, logs.join("profile-api.log")).await?;
         let mut system = Self {
             api,
