@@ -369,11 +369,8 @@ async fn broker_fault_mid_stream(fault: BrokerFault, scenario: &'static str) {
     let wait = Duration::from_secs(90 + (expected.total() as u64) / 10);
     let witness = system.witness().await.unwrap();
     let effects = witness.settle(&expected, wait).await.unwrap();
-    let missing = effects::sample_missing(
-        &expected,
-        &effects::audit_effects(&pool).await.unwrap(),
-        5,
-    );
+    let missing =
+        effects::sample_missing(&expected, &effects::audit_effects(&pool).await.unwrap(), 5);
     println!("{scenario}: {effects:?}; audit missing e.g. {missing:?}");
     Row {
         scenario,
@@ -1260,12 +1257,13 @@ async fn consumer_dependencies_cut_for_long_dead_letter_nothing_and_lose_nothing
     .record_and_assert();
 }
 
-/// The PostgreSQL backend of the relay leader's session in the system's database (it holds the
-/// advisory lock), and whether it is in the middle of a batch: its transaction open after
-/// taking the batch's rows `FOR UPDATE`, their sends in flight.
-async fn relay_leader(pool: &sqlx::PgPool) -> Option<(i32, bool)> {
-    sqlx::query_as::<_, (i32, bool)>(
-        "select a.pid, a.state = 'idle in transaction' and a.query like '%FOR UPDATE SKIP LOCKED%' \
+/// The relay leader's session in the system's database (the backend holding the advisory
+/// lock): its pid, when its open transaction began (if one is open), and whether that
+/// transaction has taken a batch's rows (`FOR UPDATE SKIP LOCKED`, the last statement before
+/// the sends).
+async fn relay_leader(pool: &sqlx::PgPool) -> Option<(i32, Option<String>, bool)> {
+    sqlx::query_as::<_, (i32, Option<String>, bool)>(
+        "select a.pid, a.xact_start::text, a.query like '%FOR UPDATE SKIP LOCKED%' \
          from pg_locks l join pg_stat_activity a on a.pid = l.pid \
          where l.locktype = 'advisory' and l.granted and l.objsubid = 1 \
            and l.database = (select oid from pg_database where datname = current_database())",
@@ -1276,11 +1274,58 @@ async fn relay_leader(pool: &sqlx::PgPool) -> Option<(i32, bool)> {
     .flatten()
 }
 
+/// The transaction relay leader `pid` has open, if any, and whether it took a batch's rows.
+async fn leader_transaction(pool: &sqlx::PgPool, pid: i32) -> Option<(String, bool)> {
+    let (leader, started, took_rows) = relay_leader(pool).await?;
+    (leader == pid).then_some((started?, took_rows))
+}
+
+/// Waits for the moment to kill relay leader `pid` mid-batch: inside the transaction of a batch
+/// (its rows taken `FOR UPDATE`, not yet marked published), preferably once the topic has grown
+/// since the batch began, i.e. once the broker has acknowledged part of the batch, so that the
+/// standby must send those records again. The broker acknowledges a batch in a few steps, some
+/// seconds apart here, and the relay marks the rows right after the last one, so such a moment is
+/// not always caught: after 5 s any batch in progress with rows left to publish will do. Returns
+/// whether the preferred moment was caught.
+async fn mid_batch(pool: &sqlx::PgPool, pid: i32, topic: &effects::TopicSize) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let give_up = deadline + Duration::from_secs(30);
+    let mut batches = 0;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the relay leader was never seen inside a batch with rows to publish"
+        );
+        let Some((batch, true)) = leader_transaction(pool, pid).await else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        };
+        if tokio::time::Instant::now() > deadline {
+            if unpublished(pool).await.is_empty() {
+                continue;
+            }
+            println!("10: no batch caught with records on the broker among {batches}");
+            return false;
+        }
+        batches += 1;
+        let at_start = topic.now();
+        loop {
+            let grown = topic.now() > at_start;
+            if leader_transaction(pool, pid).await.map(|(t, _)| t) != Some(batch.clone()) {
+                break;
+            }
+            if grown {
+                return true;
+            }
+        }
+    }
+}
+
 /// Waits until a relay other than `not` leads; returns its backend pid.
 async fn wait_for_leader(pool: &sqlx::PgPool, not: Option<i32>, timeout: Duration) -> i32 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some((pid, _)) = relay_leader(pool).await
+        if let Some((pid, _, _)) = relay_leader(pool).await
             && Some(pid) != not
         {
             return pid;
@@ -1334,7 +1379,11 @@ impl Progress {
 /// acknowledged write reaches every group once, in per-user order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relay_leader_killed_mid_batch_loses_doubles_and_reorders_nothing() {
-    let (ops, users, kills) = if full() { (5_000, 200, 3) } else { (600, 60, 1) };
+    let (ops, users, kills) = if full() {
+        (5_000, 200, 3)
+    } else {
+        (600, 60, 1)
+    };
     let mut system = System::start(SystemOptions::default()).await.unwrap();
     let pool = system.pool().await.unwrap();
     // The system's replica is the only relay so far: it leads; the next one stands by.
@@ -1345,19 +1394,19 @@ async fn relay_leader_killed_mid_batch_loses_doubles_and_reorders_nothing() {
     let progress = Progress::default();
     let writer = {
         let (targets, during) = (targets.clone(), progress.callback());
-        tokio::spawn(async move { write_stream_to(&targets, users, ops, 16, &prefix, during).await })
+        tokio::spawn(
+            async move { write_stream_to(&targets, users, ops, 16, &prefix, during).await },
+        )
     };
-    let (mut sent_unmarked, mut batches_cut) = (0, 0);
+    let topic_size = effects::TopicSize::new(&system.broker.brokers(), TOPIC).unwrap();
+    let (mut sent_unmarked, mut batches_cut, mut caught_sending) = (0, 0, 0);
     for k in 0..kills {
-        progress.reached(ops * (k + 1) / (kills + 1)).await;
-        // Catch the leader inside a batch: its transaction open on the rows it took.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while relay_leader(&pool).await != Some((leader_pid, true)) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the relay leader was never seen inside a batch"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        // Early enough that the burst is still on when the kill comes (see `mid_batch`).
+        progress.reached(ops * (k + 1) / (kills + 2)).await;
+        // Catch the leader inside a batch: its transaction open on the rows it took, part of
+        // them on the broker already.
+        if mid_batch(&pool, leader_pid, &topic_size).await {
+            caught_sending += 1;
         }
         if k == 0 {
             targets.remove(&system.api_url);
@@ -1367,7 +1416,10 @@ async fn relay_leader_killed_mid_batch_loses_doubles_and_reorders_nothing() {
             replicas[k - 1].service.crash().await;
         }
         batches_cut += 1;
-        // What the dead leader sent but never marked: the new leader sends it again.
+        // What the dead leader sent but never marked (the broker appends what reached it): the
+        // new leader sends it again. Read before the new leader can publish (it waits out two
+        // heartbeats, 2 s, after taking the lock).
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let highs = effects::high_watermarks(&system.broker.brokers(), TOPIC)
             .await
             .unwrap();
@@ -1398,8 +1450,8 @@ async fn relay_leader_killed_mid_batch_loses_doubles_and_reorders_nothing() {
         .unwrap();
     println!(
         "10: {} writes acknowledged ({} cut off by the kills, {} of them committed), \
-         {batches_cut} batches cut, {sent_unmarked} records sent but not marked published at \
-         the kills; {effects:?}",
+         {batches_cut} batches cut ({caught_sending} after the broker acknowledged part of \
+         them), {sent_unmarked} records sent but not marked published at the kills; {effects:?}",
         writes.acked.len(),
         writes.other,
         expected.committed() - expected.total()
@@ -1425,7 +1477,11 @@ async fn relay_leader_killed_mid_batch_loses_doubles_and_reorders_nothing() {
 /// its event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn api_killed_during_a_write_burst_keeps_every_acknowledged_write_and_invents_none() {
-    let (ops, users, kills) = if full() { (5_000, 200, 3) } else { (600, 60, 1) };
+    let (ops, users, kills) = if full() {
+        (5_000, 200, 3)
+    } else {
+        (600, 60, 1)
+    };
     let mut system = System::start(SystemOptions {
         handlers: vec!["audit"],
         ..SystemOptions::default()
@@ -1492,8 +1548,11 @@ async fn api_killed_during_a_write_burst_keeps_every_acknowledged_write_and_inve
         .iter()
         .map(|(id, user, version)| (id.as_str(), (user.as_str(), *version)))
         .collect();
-    let has_change =
-        |user: &str, version: i64| committed.get(user).is_some_and(|v| (1..=*v).contains(&version));
+    let has_change = |user: &str, version: i64| {
+        committed
+            .get(user)
+            .is_some_and(|v| (1..=*v).contains(&version))
+    };
     // Records without their outbox event or its committed change.
     let invented_records = records
         .iter()
@@ -1663,7 +1722,9 @@ async fn slow_database_stampede(steal_lock: bool) -> Row<'static> {
         let took = started.elapsed();
         proxy.slow_down(Duration::ZERO);
         let loads = proxy.executes_of(is_load) - before;
-        println!("12: key {k}: {loads} database loads for {readers} reads in {took:?}, served {served:?}");
+        println!(
+            "12: key {k}: {loads} database loads for {readers} reads in {took:?}, served {served:?}"
+        );
         assert!(
             took >= Duration::from_millis(500),
             "the reads did not wait for the slowed database"
@@ -1820,7 +1881,10 @@ async fn stale_fill_after_invalidation(lose_marker: bool) -> Row<'static> {
         for user in &users {
             for i in 0..older {
                 let (status, _) = put(writer.clone(), user.clone(), i as usize).await;
-                assert!(status == 200 || status == 201, "seed write answered {status}");
+                assert!(
+                    status == 200 || status == 201,
+                    "seed write answered {status}"
+                );
             }
         }
         // Each read misses (the cache holds the last write's marker), loads version N-1 on the
@@ -1834,7 +1898,11 @@ async fn stale_fill_after_invalidation(lose_marker: bool) -> Row<'static> {
             proxy.held() >= per_round as u64
         })
         .await;
-        assert!(held, "the reads' loads were not all held ({})", proxy.held());
+        assert!(
+            held,
+            "the reads' loads were not all held ({})",
+            proxy.held()
+        );
         // Version N commits and is invalidated meanwhile.
         for user in &users {
             let (status, version) = put(writer.clone(), user.clone(), 9).await;

@@ -208,7 +208,11 @@ fn maildir_order(name: &str) -> Option<(u64, u64, u64)> {
     let (seconds, rest) = name.split_once(".M")?;
     let (micros, rest) = rest.split_once('P')?;
     let counter = rest.split_once('Q')?.1.split(['.', ':']).next()?;
-    Some((seconds.parse().ok()?, micros.parse().ok()?, counter.parse().ok()?))
+    Some((
+        seconds.parse().ok()?,
+        micros.parse().ok()?,
+        counter.parse().ok()?,
+    ))
 }
 
 /// Effects of events whose user had an effect of the same or a later version before: a per-user
@@ -325,11 +329,59 @@ pub async fn high_watermarks(brokers: &str, topic: &str) -> anyhow::Result<HashM
             .filter(|t| t.name() == topic)
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         {
-            highs.insert(partition, client.fetch_watermarks(&topic, partition, timeout)?.1);
+            highs.insert(
+                partition,
+                client.fetch_watermarks(&topic, partition, timeout)?.1,
+            );
         }
         Ok(highs)
     })
     .await?
+}
+
+/// Reads the size of one topic (its partitions' high watermarks summed) again and again on one
+/// client, cheaply enough to poll it while a batch is being sent.
+pub struct TopicSize {
+    client: BaseConsumer,
+    topic: String,
+    partitions: Vec<i32>,
+}
+
+impl TopicSize {
+    /// A client of `brokers` for `topic` (whose partitions must exist).
+    pub fn new(brokers: &str, topic: &str) -> anyhow::Result<Self> {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()?;
+        let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        Ok(Self {
+            client,
+            topic: topic.to_owned(),
+            partitions,
+        })
+    }
+
+    /// Records in the topic so far (-1 if the broker does not answer). Blocks the calling
+    /// thread for a round trip per partition (inside `block_in_place`: a multi-thread runtime).
+    pub fn now(&self) -> i64 {
+        tokio::task::block_in_place(|| {
+            self.partitions
+                .iter()
+                .map(|p| {
+                    self.client
+                        .fetch_watermarks(&self.topic, *p, Duration::from_secs(5))
+                        .map(|(_, high)| high)
+                })
+                .sum::<Result<i64, _>>()
+                .unwrap_or(-1)
+        })
+    }
 }
 
 /// Every record of `topic` on `brokers`, read from the start of each partition to its high

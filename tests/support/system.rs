@@ -172,7 +172,10 @@ impl System {
     /// The system database's URL through a proxy listening on `addr` (`host:port`), with
     /// `sslmode=disable`.
     pub fn database_url_via(&self, addr: &str) -> String {
-        with_param(&replace_host_port(&self.database_url, addr), "sslmode=disable")
+        with_param(
+            &replace_host_port(&self.database_url, addr),
+            "sslmode=disable",
+        )
     }
 
     /// Kills the system's API process with SIGKILL (no shutdown code runs).
@@ -358,7 +361,10 @@ mod tests {
     #[test]
     fn a_parameter_is_added_to_a_url_with_or_without_a_query() {
         assert_eq!(with_param("postgres://h/db", "a=1"), "postgres://h/db?a=1");
-        assert_eq!(with_param("postgres://h/db?b=2", "a=1"), "postgres://h/db?b=2&a=1");
+        assert_eq!(
+            with_param("postgres://h/db?b=2", "a=1"),
+            "postgres://h/db?b=2&a=1"
+        );
     }
 
     #[test]

@@ -94,7 +94,12 @@ impl PgProxy {
         self.shared
             .statements
             .lock()
-            .map(|s| s.iter().filter(|(sql, _)| matches(sql)).map(|(_, n)| n).sum())
+            .map(|s| {
+                s.iter()
+                    .filter(|(sql, _)| matches(sql))
+                    .map(|(_, n)| n)
+                    .sum()
+            })
             .unwrap_or(0)
     }
 
@@ -185,7 +190,11 @@ async fn proxy(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                 if hold_next.swap(false, Ordering::SeqCst) {
                     let mut released = shared.released.subscribe();
                     let still_held = |shared: &Shared| {
-                        shared.hold.lock().map(|h| h.pattern.is_some()).unwrap_or(false)
+                        shared
+                            .hold
+                            .lock()
+                            .map(|h| h.pattern.is_some())
+                            .unwrap_or(false)
                     };
                     if still_held(&shared) {
                         if let Ok(mut hold) = shared.hold.lock() {
@@ -300,7 +309,10 @@ mod tests {
     #[test]
     fn executes_are_named_by_the_statement_their_portal_was_bound_to() {
         let mut session = Session::default();
-        assert_eq!(session.message(b'P', &message(&["s1", "SELECT 1", ""])), None);
+        assert_eq!(
+            session.message(b'P', &message(&["s1", "SELECT 1", ""])),
+            None
+        );
         assert_eq!(session.message(b'P', &message(&["", "SELECT 2", ""])), None);
         assert_eq!(session.message(b'B', &message(&["", "s1", ""])), None);
         assert_eq!(
