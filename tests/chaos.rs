@@ -1310,13 +1310,15 @@ async fn mid_batch(pool: &sqlx::PgPool, pid: i32, topic: &effects::TopicSize) ->
         batches += 1;
         let at_start = topic.now();
         loop {
-            let grown = topic.now() > at_start;
+            let grown = at_start >= 0 && topic.now() > at_start;
             if leader_transaction(pool, pid).await.map(|(t, _)| t) != Some(batch.clone()) {
                 break;
             }
             if grown {
                 return true;
             }
+            // Gently: the broker serves the whole system.
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }
@@ -1420,17 +1422,21 @@ async fn relay_leader_killed_mid_batch_loses_doubles_and_reorders_nothing() {
         // new leader sends it again. Read before the new leader can publish (it waits out two
         // heartbeats, 2 s, after taking the lock).
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let highs = effects::high_watermarks(&system.broker.brokers(), TOPIC)
-            .await
-            .unwrap();
         let left = unpublished(&pool).await;
-        let in_topic = effects::topic_records_until(&system.broker.brokers(), TOPIC, highs)
-            .await
-            .unwrap();
-        sent_unmarked += in_topic
-            .iter()
-            .filter(|r| left.contains(&r.event_id))
-            .count();
+        let brokers = system.broker.brokers();
+        match effects::high_watermarks(&brokers, TOPIC).await {
+            Ok(highs) => match effects::topic_records_until(&brokers, TOPIC, highs).await {
+                Ok(in_topic) => {
+                    sent_unmarked += in_topic
+                        .iter()
+                        .filter(|r| left.contains(&r.event_id))
+                        .count();
+                }
+                Err(error) => println!("10: cannot read the topic after kill {k}: {error}"),
+            },
+            // Only the evidence of re-sent records is lost; the row's counts come later.
+            Err(error) => println!("10: no watermarks after kill {k}: {error}"),
+        }
         leader_pid = wait_for_leader(&pool, Some(leader_pid), Duration::from_secs(30)).await;
         if k + 1 < kills {
             let standby = system.start_api_replica().await.unwrap();
@@ -1953,9 +1959,13 @@ async fn stale_fill_after_invalidation(lose_marker: bool) -> Row<'static> {
         }
     }
     monitor.abort();
+    let mut seen: BTreeMap<usize, usize> = BTreeMap::new();
+    for n in &attempts {
+        *seen.entry(*n).or_default() += 1;
+    }
     println!(
         "13: {races} forced fills, {accepted} accepted by Redis, {stale_reads} later reads older \
-         than the last write; fill attempts seen by MONITOR per race: {attempts:?}"
+         than the last write; races by fill attempts MONITOR saw: {seen:?}"
     );
     // Each race must have reached Redis with its old version, or the row proves nothing.
     assert!(

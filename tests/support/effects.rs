@@ -375,7 +375,7 @@ impl TopicSize {
                 .iter()
                 .map(|p| {
                     self.client
-                        .fetch_watermarks(&self.topic, *p, Duration::from_secs(5))
+                        .fetch_watermarks(&self.topic, *p, Duration::from_secs(1))
                         .map(|(_, high)| high)
                 })
                 .sum::<Result<i64, _>>()

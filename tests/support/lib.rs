@@ -240,11 +240,6 @@ impl Service {
         let _ = self.child.kill().await;
     }
 
-    /// The process id, while it runs.
-    pub fn id(&self) -> Option<u32> {
-        self.child.id()
-    }
-
     /// The log written so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
