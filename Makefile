@@ -39,6 +39,9 @@ crd: ## regenerate manifests/crd/ and the chart's copy from the Rust types
 chart-check: ## lint, render and validate the Helm chart offline (Helm 3 and 4)
 	scripts/chart-check
 
+docs-check: ## check the docs against the code (names, defaults, metrics) and run the README's API commands
+	scripts/docs-check
+
 kind-up: ## create a kind cluster, build and load the image, helm install (needs Docker, kind, kubectl, helm)
 	scripts/kind-up
 
@@ -48,4 +51,4 @@ kind-e2e: ## end-to-end check against the kind cluster
 kind-down: ## delete the kind cluster
 	scripts/kind-down
 
-.PHONY: help dev test bench chaos stack-up stack-down stack-status crd chart-check kind-up kind-e2e kind-down
+.PHONY: help dev test bench chaos stack-up stack-down stack-status crd chart-check docs-check kind-up kind-e2e kind-down

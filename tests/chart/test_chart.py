@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import CHART, GATEWAY_APIS, NAMESPACE, ROOT, SCENARIOS, api_versions, render, run_helm, template_args
+from conftest import CHART, GATEWAY_APIS, NAMESPACE, ROOT, SCENARIO_APIS, SCENARIOS, api_versions, render, run_helm, template_args
 import pss
 
 KUBE_VERSION = os.environ.get("STATECAST_KUBE_VERSION", "1.34.0")
@@ -79,6 +79,39 @@ def test_every_kubernetes_object_passes_strict_kubernetes_validate(helm, scenari
             pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} ({scenario}): {e.message} at {list(e.path)}")
         checked += 1
     assert checked > 5
+
+
+def supported_kube_versions():
+    """Every Kubernetes minor from the chart's `kubeVersion` floor to 1.37 (the newest schemas
+    kubernetes-validate ships): the chart claims them all, so each is checked."""
+    floor = re.search(r'kubeVersion:\s*">=\s*1\.(\d+)', (CHART / "Chart.yaml").read_text())
+    assert floor, "Chart.yaml has no kubeVersion floor"
+    return [f"1.{minor}.0" for minor in range(int(floor.group(1)), 38)]
+
+
+@pytest.mark.parametrize("version", supported_kube_versions())
+def test_every_kubernetes_object_validates_on_every_supported_kubernetes_version(version):
+    """`helm template --kube-version` for each supported minor, every scenario, strict schemas of
+    that version (Helm 3; Helm 4 renders the same objects, checked above at KUBE_VERSION)."""
+    checked = 0
+    for scenario, args in SCENARIOS.items():
+        res = run_helm("helm3", *template_args(*args, *api_versions(SCENARIO_APIS.get(scenario, [])),
+                                               "--kube-version", f"v{version}"))
+        assert res.returncode == 0, f"helm template --kube-version {version} ({scenario}):\n{res.stderr}"
+        for obj in (d for d in yaml.safe_load_all(res.stdout) if d):
+            if obj["kind"] in NOT_IN_KUBERNETES:
+                continue
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} ({scenario}, Kubernetes {version}): "
+                            f"{e.message} at {list(e.path)}")
+            checked += 1
+    install = [d for d in yaml.safe_load_all(render_install.OUT.read_text()) if d]
+    for obj in install:
+        if obj["kind"] not in NOT_IN_KUBERNETES:
+            kubernetes_validate.validate(obj, version, strict=True)
+    assert checked > 40
 
 
 def crd_schema():
@@ -587,8 +620,12 @@ def test_default_consumers_are_the_four_handlers_in_their_own_groups(helm):
     specs = {pc["spec"]["handler"]: pc["spec"] for pc in consumers}
     assert set(specs) == {"audit", "analytics", "email", "cache-refresh"}
     for handler, spec in specs.items():
+        # logLevel reaches every consumer, api.cacheTtlSeconds the cache-refresh one.
+        env = [{"name": "RUST_LOG", "value": "info"}]
+        if handler == "cache-refresh":
+            env.append({"name": "CACHE_TTL_SECONDS", "value": "3600"})
         assert spec == {"handler": handler, "groupId": f"statecast-{handler}", "topics": ["user-events"],
-                        "replicas": 1}
+                        "replicas": 1, "env": env}
 
 
 def test_topic_job_starts_with_the_release_waits_for_kafka_and_creates_both_topics(helm):

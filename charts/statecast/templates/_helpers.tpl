@@ -279,6 +279,9 @@ Included by every template that depends on them so that `helm template` fails ea
 {{- if and .Values.redis.enabled .Values.redis.auth.existingSecret (not $existing) }}
 {{- fail "redis.auth.existingSecret is set, so the chart cannot build REDIS_URL: also set connectionSecret.existingSecret to a Secret holding DATABASE_URL, REDIS_URL and SMTP_URL" }}
 {{- end }}
+{{- if and .Values.auth.generateHs256Secret .Values.auth.jwksUrl (not .Values.auth.existingSecret) }}
+{{- fail "auth.generateHs256Secret and auth.jwksUrl are both set, but the API takes exactly one key source (AUTH_HS256_SECRET or AUTH_JWKS_URL) and would refuse to start: keep one of them" }}
+{{- end }}
 {{- if and (not .Values.auth.disabled) (not .Values.auth.existingSecret) (not .Values.auth.generateHs256Secret) (not .Values.auth.jwksUrl) }}
 {{- fail "auth.disabled is false but no key is configured: set auth.jwksUrl, auth.existingSecret or auth.generateHs256Secret=true (or auth.disabled=true for a demo)" }}
 {{- end }}
@@ -291,6 +294,9 @@ Included by every template that depends on them so that `helm template` fails ea
 {{- $names = append $names .name }}
 {{- if and (hasKey . "replicas") (hasKey . "autoscaling") }}
 {{- fail (printf "consumers[%s]: set either replicas or autoscaling, not both" .name) }}
+{{- end }}
+{{- if and (eq .handler "email") (not .paused) (not $.Values.mailpit.enabled) (not $.Values.externalSmtp.url) (not $existing) }}
+{{- fail (printf "consumers[%s] runs the email handler, which needs SMTP_URL, but mailpit.enabled is false and externalSmtp.url is empty: set externalSmtp.url (smtp://user:password@host:587?tls=required), or connectionSecret.existingSecret with SMTP_URL, or remove or pause the consumer" .name) }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -212,3 +212,49 @@ async fn plaintext_to_a_sasl_broker_gets_no_metadata() {
         "an unauthenticated client fetched metadata"
     );
 }
+
+/// tansu 0.6.0 told clients their SASL session lasts 60 s, so librdkafka re-authenticated on
+/// the open connection after 54 s (KIP-368), which tansu's handshake refuses: every secured
+/// connection failed after a minute (`scripts/tansu/sasl-no-reauth.patch` makes the lifetime
+/// 0, Apache Kafka's default). A connection must stay usable, with no authentication error,
+/// past that point. Slow by nature (65 s, mostly waiting), so it runs beside the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secured_connection_stays_authenticated_past_a_minute() {
+    let broker = SecuredBroker::start(Security::SaslSsl).unwrap();
+    let errors = Errors::default();
+    let mut config = broker
+        .kafka_security()
+        .unwrap()
+        .client_config(&broker.brokers());
+    config.set("reconnect.backoff.max.ms", "1000");
+    let client: BaseConsumer<Errors> = config.create_with_context(errors.clone()).unwrap();
+    let results = tokio::task::spawn_blocking(move || {
+        let mut results = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(65);
+        while Instant::now() < deadline {
+            results.push(
+                client
+                    .fetch_metadata(None, Duration::from_secs(5))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            );
+            let pause = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < pause {
+                let _ = client.poll(Duration::from_millis(100));
+            }
+        }
+        results
+    })
+    .await
+    .unwrap();
+    let reported = errors.0.lock().unwrap().clone();
+    let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+    assert!(
+        failed.is_empty() && reported.is_empty(),
+        "{} of {} metadata requests failed: {failed:?}\nclient errors:\n{}\nbroker log:\n{}",
+        failed.len(),
+        results.len(),
+        reported.join("\n"),
+        broker.log()
+    );
+}

@@ -240,9 +240,19 @@ impl PrivateBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The broker's output (every start appends to it).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("tansu.log")
+    }
+
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let bin = tansu_bin();
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .with_context(|| format!("open {}", self.log_path().display()))?;
         let child = tokio::process::Command::new(&bin)
             .args([
                 "broker",
@@ -254,8 +264,9 @@ impl PrivateBroker {
             // Relative to the working directory: tansu's SQLite URL takes a path after `//`.
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            // Appended across restarts, kept when a test fails (see Drop).
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("start {} (set TANSU_BIN)", bin.display()))?;
@@ -304,8 +315,17 @@ impl PrivateBroker {
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        // The child is killed on drop (kill_on_drop); its log goes with it.
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // The child is killed on drop (kill_on_drop). Its SQLite log and its output go with it,
+        // unless the test is failing: then both stay for the post-mortem.
+        if std::thread::panicking() {
+            eprintln!(
+                "private broker kept for inspection: {} (output: {})",
+                self.dir.display(),
+                self.log_path().display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod dedup;
 mod dlq;
 mod groups;
 mod ordering;
+mod secured_kafka;
 mod spans;
 mod support;
 mod tls;
