@@ -242,6 +242,12 @@ impl Service {
 
     /// Kills the process with SIGKILL: no shutdown code runs.
     pub async fn kill(mut self) {
+        self.crash().await;
+    }
+
+    /// Kills the process with SIGKILL and waits for it to be gone, keeping the handle (and its
+    /// log); nothing happens if it already exited.
+    pub async fn crash(&mut self) {
         let _ = self.child.kill().await;
     }
 

@@ -21,10 +21,13 @@ pub struct SystemOptions {
     pub otlp_endpoint: Option<String>,
     /// Partitions of the events topic.
     pub partitions: i32,
-    /// `host:port` the API should use for PostgreSQL instead of the stack's (a fault proxy).
+    /// `host:port` the API should use for PostgreSQL instead of the stack's (a fault proxy; the
+    /// API is told `sslmode=disable`, as a proxy that reads the protocol needs).
     pub api_database_addr: Option<String>,
     /// `host:port` the API should use for Redis instead of the stack's (a fault proxy).
     pub api_redis_addr: Option<String>,
+    /// More settings for every API replica (added last, so they win).
+    pub api_env: Vec<(&'static str, String)>,
     /// `host:port` the consumers should use for PostgreSQL instead of the stack's.
     pub consumer_database_addr: Option<String>,
     /// `host:port` the consumers should use for Redis instead of the stack's.
@@ -41,6 +44,7 @@ impl Default for SystemOptions {
             partitions: 3,
             api_database_addr: None,
             api_redis_addr: None,
+            api_env: Vec::new(),
             consumer_database_addr: None,
             consumer_redis_addr: None,
             consumer_smtp_addr: None,
@@ -60,12 +64,22 @@ pub struct Consumer {
     pub service: Service,
 }
 
+/// An API replica started beside the system's own ([`System::start_api_replica`]).
+pub struct Replica {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The process.
+    pub service: Service,
+}
+
 /// A running system.
 pub struct System {
     /// The API process.
     pub api: Service,
     /// `http://127.0.0.1:PORT`.
     pub api_url: String,
+    /// Settings every API replica gets (all but its `LISTEN_ADDR`).
+    api_env: Vec<(&'static str, String)>,
     /// One per handler.
     pub consumers: Vec<Consumer>,
     /// The system's own database.
@@ -89,31 +103,31 @@ impl System {
         let port = free_port()?;
         let api_url = format!("http://127.0.0.1:{port}");
         let api_database_url = match &options.api_database_addr {
-            Some(addr) => replace_host_port(&database_url, addr),
+            Some(addr) => with_param(&replace_host_port(&database_url, addr), "sslmode=disable"),
             None => database_url.clone(),
         };
         let api_redis_url = match &options.api_redis_addr {
             Some(addr) => format!("redis://{addr}"),
             None => kit::redis_url(),
         };
-        let mut env = vec![
+        let mut api_env = vec![
             ("DATABASE_URL", api_database_url),
             ("REDIS_URL", api_redis_url),
             ("KAFKA_BROKERS", broker.brokers()),
             ("EVENTS_TOPIC", TOPIC.to_owned()),
-            ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
             ("AUTH_DISABLED", "true".to_owned()),
             // The suite drives thousands of requests from one address on purpose.
             ("RATE_LIMIT_PER_SECOND", "0".to_owned()),
             ("OTEL_SERVICE_NAME", "profile-api".to_owned()),
             ("RUST_LOG", "info".to_owned()),
         ];
-        push_otlp(&mut env, &options.otlp_endpoint);
-        let api = Service::start(&binary("profile-api")?, &env, logs.join("profile-api.log"))?;
-        wait_http_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await?;
+        push_otlp(&mut api_env, &options.otlp_endpoint);
+        api_env.extend(options.api_env.iter().cloned());
+        let api = start_api(&api_env, port, logs.join("profile-api.log")).await?;
         let mut system = Self {
             api,
             api_url,
+            api_env,
             consumers: Vec::new(),
             database_url,
             broker,
@@ -125,6 +139,77 @@ impl System {
             system.start_consumer(handler).await?;
         }
         Ok(system)
+    }
+
+    /// Starts another API replica on the same database, Redis and broker (with its own relay,
+    /// which stands by while another replica leads) and waits until it is ready.
+    pub async fn start_api_replica(&self) -> anyhow::Result<Replica> {
+        self.start_api_replica_with(&[]).await
+    }
+
+    /// [`System::start_api_replica`] with some settings of its own (e.g. its `DATABASE_URL`).
+    pub async fn start_api_replica_with(
+        &self,
+        overrides: &[(&'static str, String)],
+    ) -> anyhow::Result<Replica> {
+        let port = free_port()?;
+        let log = self
+            .logs
+            .join(format!("profile-api-{}.log", kit::unique("replica")));
+        let mut env: Vec<(&'static str, String)> = self
+            .api_env
+            .iter()
+            .filter(|(name, _)| overrides.iter().all(|(o, _)| o != name))
+            .cloned()
+            .collect();
+        env.extend(overrides.iter().cloned());
+        Ok(Replica {
+            url: format!("http://127.0.0.1:{port}"),
+            service: start_api(&env, port, log).await?,
+        })
+    }
+
+    /// The system database's URL through a proxy listening on `addr` (`host:port`), with
+    /// `sslmode=disable`.
+    pub fn database_url_via(&self, addr: &str) -> String {
+        with_param(
+            &replace_host_port(&self.database_url, addr),
+            "sslmode=disable",
+        )
+    }
+
+    /// Kills the system's API process with SIGKILL (no shutdown code runs).
+    pub async fn kill_api(&mut self) {
+        self.api.crash().await;
+    }
+
+    /// Starts the system's API again on the same port (killing it first if it still runs), as a
+    /// supervisor restarts a crashed process, and waits until it is ready.
+    pub async fn restart_api(&mut self) -> anyhow::Result<()> {
+        self.api.crash().await;
+        let port = self
+            .api_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_default();
+        let log = self
+            .logs
+            .join(format!("profile-api-{}.log", kit::unique("restart")));
+        self.api = start_api(&self.api_env, port, log).await?;
+        Ok(())
+    }
+
+    /// Where this system's effects land, to count them (`effects::Witness::settle`).
+    pub async fn witness(&self) -> anyhow::Result<crate::effects::Witness> {
+        Ok(crate::effects::Witness {
+            pool: self.pool().await?,
+            handlers: self.options.handlers.clone(),
+            brokers: self.broker.brokers(),
+            dead_letter_topic: format!("{TOPIC}.dlq"),
+            maildir: kit::maildir(),
+            redis_url: kit::redis_url(),
+        })
     }
 
     /// Starts (or restarts) the consumer for `handler` in its group and waits until ready.
@@ -199,6 +284,23 @@ impl System {
     }
 }
 
+/// Starts `profile-api` with `env` on `127.0.0.1:port` and waits until it is ready.
+async fn start_api(
+    env: &[(&'static str, String)],
+    port: u16,
+    log: PathBuf,
+) -> anyhow::Result<Service> {
+    let mut env = env.to_vec();
+    env.push(("LISTEN_ADDR", format!("127.0.0.1:{port}")));
+    let api = Service::start(&binary("profile-api")?, &env, log)?;
+    wait_http_ok(
+        &format!("http://127.0.0.1:{port}/readyz"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(api)
+}
+
 async fn create_topics(broker: &kit::PrivateBroker, partitions: i32) -> anyhow::Result<()> {
     kit::create_topic(&broker.brokers(), TOPIC, partitions).await?;
     kit::create_topic(&broker.brokers(), &format!("{TOPIC}.dlq"), 1).await
@@ -219,6 +321,12 @@ fn replace_host_port(url: &str, addr: &str) -> String {
     };
     let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
     format!("{scheme_auth}@{addr}{path}")
+}
+
+/// `url` with the query parameter `param` (`name=value`) added.
+fn with_param(url: &str, param: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{param}")
 }
 
 /// Value of a Prometheus sample (`name{labels} value`) whose name and labels contain every
@@ -247,6 +355,15 @@ mod tests {
         assert_eq!(
             replace_host_port("postgres://u:p@127.0.0.1:5432/db", "127.0.0.1:4000"),
             "postgres://u:p@127.0.0.1:4000/db"
+        );
+    }
+
+    #[test]
+    fn a_parameter_is_added_to_a_url_with_or_without_a_query() {
+        assert_eq!(with_param("postgres://h/db", "a=1"), "postgres://h/db?a=1");
+        assert_eq!(
+            with_param("postgres://h/db?b=2", "a=1"),
+            "postgres://h/db?b=2&a=1"
         );
     }
 

@@ -9,11 +9,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::pg_proxy::PgProxy;
 use common::{body, start, user, version_of};
 use reqwest::StatusCode;
 use serde_json::Value;
-use statecast_testkit::FaultProxy;
+use statecast_testkit::{FaultProxy, PgProxy};
 
 fn x_cache(response: &reqwest::Response) -> String {
     response.headers()["x-cache"].to_str().unwrap().to_owned()
@@ -260,7 +259,7 @@ async fn a_write_whose_request_times_out_during_the_commit_still_invalidates_the
 async fn two_replicas_behind_a_slow_database_load_a_cold_key_once() {
     let mut config = common::fresh_config("slowdb").await;
     let upstream = statecast_testkit::host_port(&config.database_url);
-    let proxy = PgProxy::start(&upstream).await;
+    let proxy = PgProxy::start(&upstream).await.unwrap();
     config.database_url = proxy.url(&config.database_url, &upstream);
     let a = Arc::new(start(config.clone(), false).await);
     let b = Arc::new(start(config, false).await);

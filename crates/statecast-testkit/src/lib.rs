@@ -4,13 +4,14 @@
 //! Isolation comes from names, not mocks: every test gets its own database ([`fresh_database`]),
 //! its own topics ([`create_topic`] with a [`unique`] name) and its own consumer groups.
 //! Outages are real too: [`FaultProxy`] sits between a client and PostgreSQL or Redis and can cut
-//! every connection, and [`PrivateBroker`] is a broker process of the test's own that can be
-//! killed and restarted without disturbing other tests.
+//! every connection, [`PgProxy`] sits before PostgreSQL and counts, slows down or holds back
+//! the answers to the statements its clients run, and [`PrivateBroker`] is a broker process of
+//! the test's own that can be killed and restarted without disturbing other tests.
 //!
 //! # Layout
 //! - connection settings: [`database_url`], [`redis_url`], [`kafka_brokers`], [`smtp_url`], [`maildir`]
 //! - [`fresh_database`], [`create_topic`], [`unique`]
-//! - [`FaultProxy`], [`PrivateBroker`]
+//! - [`FaultProxy`], [`PgProxy`], [`PrivateBroker`]
 //! - [`secured`]: [`SecuredBroker`], a private broker behind TLS and/or SASL/SCRAM
 //! - [`cel_violations`]: a CRD's CEL rules evaluated offline
 //! - [`oneshot_get`]: a GET answered by an axum router in process
@@ -19,10 +20,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod cel_rules;
+pub mod pg_proxy;
 pub mod secured;
 pub mod tls;
 
 pub use cel_rules::cel_violations;
+pub use pg_proxy::PgProxy;
 pub use secured::SecuredBroker;
 
 use std::net::SocketAddr;

@@ -2,8 +2,6 @@
 //! PostgreSQL (a fresh database), Redis and broker (a fresh topic).
 #![allow(clippy::unwrap_used, dead_code, unreachable_pub)]
 
-pub mod pg_proxy;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
