@@ -19,6 +19,9 @@ trace: ## print the last write's trace under `make dev` as a span tree (TRACE_ID
 	@cargo build -q --locked --bins -p profile-api -p profile-consumer -p statecast-traces
 	@$(BIN)/statecast-traces show $(TRACE_ID)
 
+flow: ## beside `make dev`: latest audit rows, analytics counts, mails, each consumer's records and lag, the last write's trace
+	scripts/flow
+
 test: ## start the stack, then fmt, clippy, every Rust test against the real services, chart checks
 	scripts/test
 
@@ -56,4 +59,4 @@ kind-e2e: ## end-to-end check against the kind cluster
 kind-down: ## delete the kind cluster
 	scripts/kind-down
 
-.PHONY: help dev trace test bench chaos stack-up stack-down stack-status crd chart-check docs-check kind-up kind-e2e kind-down
+.PHONY: help dev trace flow test bench chaos stack-up stack-down stack-status crd chart-check docs-check kind-up kind-e2e kind-down

@@ -8,6 +8,7 @@ it fails, never skips, without them. It starts its own processes on free ports w
 database (`t_<uuid>`, the name `scripts/stack` cleans up after an hour) and its own consumer
 group, so it can run beside `make dev`.
 """
+import dataclasses
 import os
 import pathlib
 import re
@@ -140,6 +141,13 @@ def wait_ready(url: str, process: subprocess.Popen, log: pathlib.Path, seconds: 
     pytest.fail(f"{url} not ready after {seconds} s:\n{log.read_text()[-3000:]}")
 
 
+@dataclasses.dataclass
+class DevLike:
+    api: str            # the API's base URL
+    database_url: str   # the fresh database both use
+    consumer_port: int  # the cache-refresh consumer's /metrics port
+
+
 @pytest.fixture
 def dev_like(tmp_path):
     """The API and a cache-refresh consumer as `make dev` starts them, on free ports, with a
@@ -171,7 +179,7 @@ def dev_like(tmp_path):
         processes.append(consumer)
         wait_ready(f"http://127.0.0.1:{api_port}/readyz", api, api_log, 60)
         wait_ready(f"http://127.0.0.1:{consumer_port}/readyz", consumer, consumer_log, 60)
-        yield f"http://127.0.0.1:{api_port}"
+        yield DevLike(api=f"http://127.0.0.1:{api_port}", database_url=url, consumer_port=consumer_port)
     finally:
         for process in processes:
             if process.poll() is None:
@@ -192,7 +200,7 @@ def test_the_readme_api_commands_print_what_the_readme_says(dev_like, tmp_path):
     script = ["set -u"]
     for i, (command, _) in enumerate(commands):
         script.append(f"printf '\\n@@command {i}@@\\n'")
-        script.append(command.replace(README_URL, dev_like))
+        script.append(command.replace(README_URL, dev_like.api))
     (tmp_path / ".curlrc").write_text("max-time = 15\n")
     run = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "CURL_HOME": str(tmp_path)}, cwd=tmp_path)
@@ -204,3 +212,28 @@ def test_the_readme_api_commands_print_what_the_readme_says(dev_like, tmp_path):
         for problem in check_output(output, expect):
             problems.append(f"{command}\n  -> {problem}\n  output: {output[:600]!r}")
     assert not problems, "\n\n".join(problems)
+
+
+def test_make_flow_shows_each_consumers_records_after_a_write(dev_like, tmp_path):
+    """`scripts/flow` (`make flow`) against the running pair: after one PUT, the consumer's line
+    shows the processed record, and every section is printed."""
+    user = f"flow-{secrets.token_hex(4)}"
+    put = subprocess.run(["curl", "-fsS", "-X", "PUT", f"{dev_like.api}/v1/profiles/{user}",
+                          "-H", "content-type: application/json",
+                          "-d", '{"name":"Flow","email":"flow@example.com","country":"PT"}'],
+                         capture_output=True, text=True, timeout=30)
+    assert put.returncode == 0, put.stderr
+    env = {**os.environ, "DATABASE_URL": dev_like.database_url,
+           "FLOW_CONSUMERS": f"cache-refresh:{dev_like.consumer_port}"}
+    deadline = time.time() + 30
+    while True:
+        run = subprocess.run([str(docsrc.ROOT / "scripts/flow")], capture_output=True, text=True,
+                             timeout=60, env=env)
+        line = next((l for l in run.stdout.splitlines() if l.strip().startswith("cache-refresh")), "")
+        if "processed=1" in line or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "processed=1" in line and "lag=0" in line, run.stdout
+    for section in ("== audit", "== analytics", "== email", "== consumers", "== the last write's trace"):
+        assert section in run.stdout, run.stdout
