@@ -22,7 +22,7 @@ trace: ## print the last write's trace under `make dev` as a span tree (TRACE_ID
 flow: ## beside `make dev`: latest audit rows, analytics counts, mails, each consumer's records and lag, the last write's trace
 	scripts/flow
 
-test: ## start the stack, then fmt, clippy, every Rust test against the real services, chart checks
+test: ## start the stack, then fmt, clippy, every Rust test against the real services, a short contract fuzz, chart and doc checks
 	scripts/test
 
 chaos: ## the full reliability suite (faults, load, bad input) and its table
