@@ -1,0 +1,210 @@
+//! `scripts/stack up` on a machine where nothing runs yet: every service on a port of its own,
+//! state in a folder of its own, so no server the rest of the suite uses is reused.
+//!
+//! Every other test runs after `scripts/test` brought the stack up, usually by reusing servers
+//! that were already listening; the path a brand-new machine takes (nothing on any port) is
+//! exercised only here. A `set -e` script fails there in ways a warm machine never shows: once,
+//! a `grep` for the pid of a broker that was not running ended `up` before the broker started,
+//! and CI failed in 2 s while every local run passed.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+const SERVICES: [&str; 6] = [
+    "PG_PORT",
+    "REDIS_PORT",
+    "KAFKA_PORT",
+    "SMTP_PORT",
+    "PG_TLS_PORT",
+    "REDIS_TLS_PORT",
+];
+
+/// A stack of its own: its folder and ports, stopped (and its folder removed) when dropped,
+/// also when the test fails half way.
+struct PrivateStack {
+    dir: PathBuf,
+    ports: HashMap<&'static str, u16>,
+}
+
+impl PrivateStack {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("statecast-stack-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Bound together so no two services draw the same port; released before the script runs.
+        let listeners: Vec<(&'static str, TcpListener)> = SERVICES
+            .iter()
+            .map(|name| (*name, TcpListener::bind("127.0.0.1:0").unwrap()))
+            .collect();
+        let ports = listeners
+            .iter()
+            .map(|(name, l)| (*name, l.local_addr().unwrap().port()))
+            .collect();
+        Self { dir, ports }
+    }
+
+    fn run(&self, verb: &str) -> Output {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack");
+        let mut cmd = Command::new("bash");
+        cmd.arg(script).arg(verb).env("STACK_DIR", &self.dir);
+        // A superuser the caller's environment names is not this stack's: ours trusts loopback.
+        cmd.env_remove("PGUSER").env_remove("PGPASSWORD");
+        for (name, port) in &self.ports {
+            cmd.env(name, port.to_string());
+        }
+        cmd.output().unwrap()
+    }
+
+    fn port(&self, name: &str) -> u16 {
+        self.ports[name]
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        // The PostgreSQL clusters may live outside the folder (under /var/tmp, behind a link).
+        let outside: Vec<PathBuf> = ["postgres", "postgres-tls"]
+            .iter()
+            .filter_map(|name| std::fs::read_link(self.dir.join(name)).ok())
+            .collect();
+        let _ = self.run("down");
+        for path in outside {
+            let _ = std::fs::remove_dir_all(&path);
+            if let Some(parent) = path.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn listening(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).is_ok()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// `NAME=value` pairs of `scripts/stack env`.
+fn exports(output: &Output) -> HashMap<String, String> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.strip_prefix("export "))
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn stack_up_starts_every_service_from_nothing_and_down_stops_them() {
+    let stack = PrivateStack::new();
+    for name in SERVICES {
+        assert!(
+            !listening(stack.port(name)),
+            "{name} port taken before the test"
+        );
+    }
+
+    let up = stack.run("up");
+    assert!(
+        up.status.success(),
+        "scripts/stack up failed:\n{}",
+        text(&up)
+    );
+    for name in SERVICES {
+        assert!(
+            listening(stack.port(name)),
+            "{name} not listening after up:\n{}",
+            text(&up)
+        );
+    }
+
+    // A second `up` reuses what the first started: it succeeds and starts nothing.
+    let again = stack.run("up");
+    assert!(
+        again.status.success(),
+        "second up failed:\n{}",
+        text(&again)
+    );
+    let again_err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again_err.contains("starting on"),
+        "second up started a service:\n{again_err}"
+    );
+
+    let status = stack.run("status");
+    let status_out = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(
+        status_out.matches("(started by this script)").count(),
+        SERVICES.len(),
+        "status:\n{status_out}"
+    );
+
+    // What `env` prints is how the tests and `make dev` reach the services: each must answer.
+    let env = exports(&stack.run("env"));
+    let pool = sqlx::PgPool::connect(&env["DATABASE_URL"]).await.unwrap();
+    let one: i32 = sqlx::query_scalar("select 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    pool.close().await;
+
+    let redis = redis::Client::open(env["REDIS_URL"].as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    assert_eq!(pong, "PONG");
+
+    let brokers = env["KAFKA_BROKERS"].clone();
+    let partitions = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let metadata = consumer
+            .fetch_metadata(Some("user-events"), Duration::from_secs(10))
+            .unwrap();
+        metadata.topics()[0].partitions().len()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        partitions, 6,
+        "user-events should have been created with 6 partitions"
+    );
+
+    let tls = sqlx::PgPool::connect(&env["STATECAST_TLS_DATABASE_URL"])
+        .await
+        .unwrap();
+    let one: i32 = sqlx::query_scalar("select 1")
+        .fetch_one(&tls)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    tls.close().await;
+
+    let down = stack.run("down");
+    assert!(
+        down.status.success(),
+        "scripts/stack down failed:\n{}",
+        text(&down)
+    );
+    for name in SERVICES {
+        assert!(
+            !listening(stack.port(name)),
+            "{name} still listening after down"
+        );
+    }
+}
