@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -149,6 +149,13 @@ struct Writes {
     other: usize,
 }
 
+impl Writes {
+    /// Every write sent, whatever its answer.
+    fn attempted(&self) -> usize {
+        self.acked.len() + self.server_errors + self.unavailable + self.other
+    }
+}
+
 /// PUTs `ops` writes over `users` users with `concurrency` clients; `during(done)` is called as
 /// writes complete, to inject faults at chosen points.
 async fn write_stream(
@@ -198,6 +205,24 @@ async fn write_stream_to(
     prefix: &str,
     during: impl Fn(usize) + Send + Sync + 'static,
 ) -> Writes {
+    write_stream_while(targets, users, concurrency, prefix, during, move |i| {
+        i < ops
+    })
+    .await
+}
+
+/// [`write_stream_to`] for as long as `more(i)` says write `i` is wanted: for faults that must
+/// land while writes are still flowing however slow the machine, the stream runs until the
+/// faults are done rather than for a fixed count.
+async fn write_stream_while(
+    targets: &Targets,
+    users: usize,
+    concurrency: usize,
+    prefix: &str,
+    during: impl Fn(usize) + Send + Sync + 'static,
+    more: impl Fn(usize) -> bool + Send + Sync + 'static,
+) -> Writes {
+    let more = Arc::new(more);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -207,13 +232,13 @@ async fn write_stream_to(
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (client, next, during) = (client.clone(), next.clone(), during.clone());
-        let targets = targets.clone();
+        let (targets, more) = (targets.clone(), more.clone());
         let prefix = prefix.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut out = Writes::default();
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= ops {
+                if !more(i) {
                     break;
                 }
                 during(i);
@@ -1397,10 +1422,15 @@ async fn relay_leader_killed_mid_batch_loses_doubles_and_reorders_nothing() {
     let targets = Targets::new(&[system.api_url.clone(), replicas[0].url.clone()]);
     let prefix = kit::unique("s10").replace('-', "_") + "_";
     let progress = Progress::default();
+    // At least `ops` writes, and on until the last kill: on a loaded machine a fixed count can
+    // end before a batch is caught, and a kill then cuts nothing.
+    let kills_done = Arc::new(AtomicBool::new(false));
     let writer = {
         let (targets, during) = (targets.clone(), progress.callback());
+        let done = kills_done.clone();
+        let more = move |i| i < ops || !done.load(Ordering::SeqCst);
         tokio::spawn(
-            async move { write_stream_to(&targets, users, ops, 16, &prefix, during).await },
+            async move { write_stream_while(&targets, users, 16, &prefix, during, more).await },
         )
     };
     let topic_size = effects::TopicSize::new(&system.broker.brokers(), TOPIC).unwrap();
@@ -1447,6 +1477,7 @@ async fn relay_leader_killed_mid_batch_loses_doubles_and_reorders_nothing() {
             replicas.push(standby);
         }
     }
+    kills_done.store(true, Ordering::SeqCst);
     let writes = writer.await.unwrap();
     let expected = Expected::from_acked(&pool, &writes.acked).await.unwrap();
     let wait = Duration::from_secs(90 + (expected.total() as u64) / 10);
@@ -1468,7 +1499,7 @@ async fn relay_leader_killed_mid_batch_loses_doubles_and_reorders_nothing() {
     assert_eq!(writes.unavailable, 0, "no write was refused");
     Row {
         scenario: "10 relay leader SIGKILLed mid-batch, standby takes over",
-        operations: ops,
+        operations: writes.attempted(),
         lost: Measured(effects.lost()),
         duplicated: Measured(effects.duplicated()),
         dead_lettered: Measured(effects.dead_letters),
@@ -1679,7 +1710,7 @@ async fn slow_database_stampede(steal_lock: bool) -> Row<'static> {
         proxy.slow_down(Duration::from_millis(500));
         let before = proxy.executes_of(is_load);
         let started = tokio::time::Instant::now();
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
         let thief = steal_lock.then(|| {
             let (done, user) = (done.clone(), user.clone());
             tokio::spawn(async move {
