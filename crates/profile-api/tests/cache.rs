@@ -15,7 +15,10 @@ use serde_json::Value;
 use statecast_testkit::{FaultProxy, PgProxy};
 
 fn x_cache(response: &reqwest::Response) -> String {
-    response.headers()["x-cache"].to_str().unwrap().to_owned()
+    let Some(value) = response.headers().get("x-cache") else {
+        panic!("no x-cache header on a {} answer", response.status());
+    };
+    value.to_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -209,18 +212,20 @@ async fn with_redis_down_reads_bypass_the_cache_and_writes_succeed() {
 #[tokio::test]
 async fn a_write_whose_request_times_out_during_the_commit_still_invalidates_the_cache() {
     let mut config = common::fresh_config("commit").await;
-    config.request_timeout_ms = 300;
+    // Long enough for every other request of the test on a loaded machine; the slow commit
+    // below takes twice as long.
+    config.request_timeout_ms = 2_000;
     let db = sqlx::PgPool::connect(&config.database_url).await.unwrap();
     let t = start(config, false).await;
     let id = user("commit");
-    t.put(&id, &body("A")).await;
+    assert_eq!(t.put(&id, &body("A")).await.status(), StatusCode::CREATED);
     t.get(&id).await;
     assert_eq!(x_cache(&t.get(&id).await), "hit", "version 1 is cached");
-    // Test hook: the commit of a change that names a profile "slow" takes 1 s (a deferred
-    // constraint trigger runs at commit), far past the 300 ms request timeout.
+    // Test hook: the commit of a change that names a profile "slow" takes 4 s (a deferred
+    // constraint trigger runs at commit), far past the 2 s request timeout.
     sqlx::raw_sql(
         "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN IF NEW.name = 'slow' THEN PERFORM pg_sleep(1); END IF; RETURN NULL; END $$; \
+         BEGIN IF NEW.name = 'slow' THEN PERFORM pg_sleep(4); END IF; RETURN NULL; END $$; \
          CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON profile \
          DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();",
     )
@@ -233,7 +238,7 @@ async fn a_write_whose_request_times_out_during_the_commit_still_invalidates_the
         StatusCode::SERVICE_UNAVAILABLE,
         "the request timed out while the commit ran"
     );
-    let committed = common::eventually(Duration::from_secs(5), || async {
+    let committed = common::eventually(Duration::from_secs(10), || async {
         let (version,): (i64,) = sqlx::query_as("SELECT version FROM profile WHERE id = $1")
             .bind(&id)
             .fetch_one(&db)
@@ -245,7 +250,7 @@ async fn a_write_whose_request_times_out_during_the_commit_still_invalidates_the
     assert!(committed, "the commit was under way and landed");
     // The invalidation after the commit was not cancelled with the request: the cache no
     // longer serves version 1.
-    let invalidated = common::eventually(Duration::from_secs(3), || async {
+    let invalidated = common::eventually(Duration::from_secs(5), || async {
         version_of(&t.get(&id).await.json().await.unwrap()) == 2
     })
     .await;
