@@ -13,11 +13,14 @@
 //! - `procs`: child processes, ports, `/metrics`, VmRSS.
 //! - `tools`: wrk / redis-benchmark / pgbench command lines and parsers.
 //! - `report`: table, notes, commands, plot specs, `docs/benchmarks.md`.
-//! - `scenarios`: the six scenarios.
+//! - `scenarios`: the scenarios.
+//! - `fair`: the baselines' Kafka client settings, taken from the consumer's and the relay's own
+//!   configuration functions (never copied), and the check that they match.
 //! - `autoscaling`: section 7, the operator's autoscaling rules over a simulated burst (no
 //!   services; `--autoscaling-only` runs just it).
 
 mod autoscaling;
+mod fair;
 mod procs;
 mod report;
 mod scenarios;

@@ -24,13 +24,13 @@ use sqlx::Connection as _;
 use statecast_events::{EventType, ProfileEvent, ProfileSnapshot};
 use statecast_testkit as testkit;
 
-use crate::Args;
 use crate::procs::{Proc, free_port, scrape, wait_ready};
 use crate::report::Report;
 use crate::tools::{
     CommandLine, Percentiles, WrkSummary, at, parse_pgbench_tps, parse_redis_csv, percentiles_of,
     read_pgbench_logs, read_wrk_json,
 };
+use crate::{Args, fair};
 
 /// Redis database of the API under scenarios 1, 3, 5 (and of the cache-refresh consumer).
 const REDIS_DB_API: u8 = 11;
@@ -59,6 +59,8 @@ struct Memory {
 struct Api {
     proc: Proc,
     base: String,
+    /// The environment it was started with (its relay's producer settings derive from it).
+    env: Vec<(&'static str, String)>,
 }
 
 /// A benchmark run.
@@ -241,10 +243,10 @@ impl Bench {
         &mut self,
         name: &str,
         redis_db: u8,
-        extra: &[(&str, String)],
+        extra: &[(&'static str, String)],
     ) -> anyhow::Result<Api> {
         let port = free_port()?;
-        let mut env = vec![
+        let mut env: Vec<(&'static str, String)> = vec![
             ("DATABASE_URL", self.db_url.clone()),
             ("REDIS_URL", redis_url(&self.redis_host, redis_db)),
             ("KAFKA_BROKERS", self.brokers.clone()),
@@ -273,7 +275,7 @@ impl Bench {
             Duration::from_secs(60),
         )
         .await?;
-        Ok(Api { proc, base })
+        Ok(Api { proc, base, env })
     }
 
     fn consumer_env(
@@ -309,6 +311,7 @@ impl Bench {
         let port = free_port()?;
         let group = testkit::unique(&format!("bench-{handler}"));
         let env = self.consumer_env(handler, &group, topic, db_url, redis_db, port);
+        self.check_fair_consumer(scenario, handler, &env)?;
         let line = CommandLine {
             env: env
                 .iter()
@@ -334,6 +337,39 @@ impl Bench {
         )
         .await?;
         Ok((proc, group, metrics))
+    }
+
+    /// Notes (once per scenario) the fetch and commit settings the consumers and the bare
+    /// baselines share, and warns loudly if `env`'s consumer differs from the bare one on any.
+    fn check_fair_consumer(
+        &mut self,
+        scenario: &str,
+        handler: &str,
+        env: &[(&'static str, String)],
+    ) -> anyhow::Result<()> {
+        let ours = fair::consumer_config(env)?;
+        let bare = fair::bare_consumer_config(&self.brokers, "bench-bare");
+        let differences = fair::differences(&bare, &ours, fair::is_fetch_or_commit);
+        if !differences.is_empty() {
+            eprintln!(
+                "[bench] WARNING {scenario}: the bare consumer differs from {handler}: {differences:?}"
+            );
+            self.report.note(format!(
+                "WARNING {scenario}: the bare consumer baseline is not configured like the {handler} consumer: {}",
+                differences.join("; ")
+            ));
+        }
+        let number = scenario.split_whitespace().next().unwrap_or(scenario);
+        let text = format!(
+            "{number}: the bare rdkafka consumers of the baselines use the consumers' own fetch and commit settings \
+             (profile_consumer::consumer::FETCH_AND_COMMIT, checked against each consumer's client configuration \
+             at start): {}; they store each record's offset by hand as the consumers do after an effect.",
+            fair::describe(&ours, fair::is_fetch_or_commit)
+        );
+        if !self.report.notes.contains(&text) {
+            self.report.note(text);
+        }
+        Ok(())
     }
 
     async fn seed(&mut self) -> anyhow::Result<()> {
@@ -754,7 +790,7 @@ impl Bench {
                 self.args.propagation_puts
             ),
         );
-        let round_trip = match self.bare_round_trips(50).await {
+        let round_trip = match self.bare_round_trips(50, &api.env).await {
             Ok(p) => Some(p),
             Err(error) => {
                 self.report.note(format!(
@@ -766,7 +802,9 @@ impl Bench {
         self.report.command(
             S,
             "# baseline: 50 sequential records through a bare rdkafka FutureProducer → StreamConsumer \
-             (default client settings, fresh 6-partition topic), time from the producer's ack to recv()"
+             (the relay's producer settings, profile_api::relay::producer_config; the consumers' fetch and \
+             commit settings, profile_consumer::consumer::FETCH_AND_COMMIT; fresh 6-partition topic), time \
+             from the producer's ack to recv()"
                 .to_owned(),
         );
         let mut series: Vec<(String, Percentiles)> = Vec::new();
@@ -789,8 +827,7 @@ impl Bench {
                     "3: the relay picked each outbox row up (outbox.published_at, stamped with now() at the start of \
                      its publishing transaction) {:.2} ms (p50) / {:.2} ms (p99) after the PUT's response arrived \
                      (negative: before it), so propagation time is spent between the broker and the consumers; \
-                     compare the bare produce → consume baseline, which is bounded by librdkafka's default \
-                     fetch.wait.max.ms (500 ms) on this broker.",
+                     compare the bare produce → consume baseline, configured the same way (see below).",
                     at(&p, 50.0),
                     at(&p, 99.0)
                 ));
@@ -798,7 +835,7 @@ impl Bench {
             }
             let (what, base50, base99) = match (&round_trip, handler) {
                 (Some(rt), _) => (
-                    "bare rdkafka produce → consume, default settings",
+                    "bare rdkafka produce → consume, the relay's producer and the consumers' fetch/commit settings",
                     Some(at(rt, 50.0)),
                     Some(at(rt, 99.0)),
                 ),
@@ -929,7 +966,7 @@ impl Bench {
         let baseline = self.bare_consumer(&topic, n, cap).await?;
         self.report.command(
             S,
-            format!("# baseline: bare rdkafka StreamConsumer (fresh group, earliest, no handler) counting {n} records of {topic}"),
+            format!("# baseline: bare rdkafka StreamConsumer (fresh group, the consumers' fetch and commit settings, no handler) counting {n} records of {topic}"),
         );
         for handler in HANDLERS {
             let (mut proc, _group, metrics) = self
@@ -978,7 +1015,7 @@ impl Bench {
                 "rec/s",
                 rate,
                 baseline,
-                "bare rdkafka StreamConsumer, no handler",
+                "bare rdkafka StreamConsumer, same fetch/commit settings, no handler",
             );
         }
         if let Some(b) = baseline {
@@ -1061,12 +1098,9 @@ impl Bench {
         cap: Duration,
     ) -> anyhow::Result<Option<f64>> {
         let assigned = AssignClock::default();
-        let consumer: StreamConsumer<AssignClock> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("group.id", testkit::unique("bench-bare"))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create_with_context(assigned.clone())?;
+        let consumer: StreamConsumer<AssignClock> =
+            fair::bare_consumer_config(&self.brokers, &testkit::unique("bench-bare"))
+                .create_with_context(assigned.clone())?;
         consumer.subscribe(&[topic])?;
         let mut count = 0usize;
         let give_up = Instant::now() + cap + Duration::from_secs(30);
@@ -1074,6 +1108,8 @@ impl Bench {
             match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
                 Ok(Ok(message)) => {
                     let _ = message.payload();
+                    // As the consumer does after each effect (enable.auto.offset.store=false).
+                    let _ = consumer.store_offset_from_message(&message);
                     count += 1;
                 }
                 Ok(Err(error)) => eprintln!("[bench] bare consumer: {error}"),
@@ -1087,18 +1123,20 @@ impl Bench {
         }))
     }
 
-    /// Produce → receive latency of a bare rdkafka producer and StreamConsumer with default
-    /// settings: the broker and client floor under every propagation figure.
-    async fn bare_round_trips(&self, samples: usize) -> anyhow::Result<Percentiles> {
+    /// Produce → receive latency of a bare rdkafka producer and StreamConsumer configured like
+    /// the relay's producer (`api_env`'s) and the consumers' fetch and commit settings: the
+    /// broker and client floor under every propagation figure.
+    async fn bare_round_trips(
+        &self,
+        samples: usize,
+        api_env: &[(&'static str, String)],
+    ) -> anyhow::Result<Percentiles> {
         let topic = testkit::unique("bench-roundtrip");
         testkit::create_topic(&self.brokers, &topic, 6).await?;
         self.remember_topics(&[&topic]);
         let assigned = AssignClock::default();
         let consumer: Arc<StreamConsumer<AssignClock>> = Arc::new(
-            ClientConfig::new()
-                .set("bootstrap.servers", &self.brokers)
-                .set("group.id", testkit::unique("bench-roundtrip"))
-                .set("auto.offset.reset", "earliest")
+            fair::bare_consumer_config(&self.brokers, &testkit::unique("bench-roundtrip"))
                 .create_with_context(assigned.clone())?,
         );
         consumer.subscribe(&[topic.as_str()])?;
@@ -1107,6 +1145,7 @@ impl Bench {
             let consumer = consumer.clone();
             tokio::spawn(async move {
                 while let Ok(message) = consumer.recv().await {
+                    let _ = consumer.store_offset_from_message(&message);
                     let key = message
                         .key()
                         .map(|k| String::from_utf8_lossy(k).into_owned())
@@ -1117,9 +1156,7 @@ impl Bench {
                 }
             })
         };
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()?;
+        let producer: FutureProducer = fair::relay_producer_config(api_env)?.create()?;
         let mut latencies = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         // Sample 0 is a warm-up (assignment, offset look-up); it is not counted.
@@ -1411,7 +1448,7 @@ fn refreshed_entry(raw: &str) -> bool {
 }
 
 /// A random pause of 0-250 ms between sequential writes, so they do not phase-lock with the
-/// consumers' fetch cycles (librdkafka's fetch.wait.max.ms is 500 ms by default).
+/// consumers' fetch cycles (fetch.wait.max.ms, `profile_consumer::consumer::FETCH_AND_COMMIT`).
 async fn jitter() {
     let ms: u64 = rand::random_range(0..250);
     tokio::time::sleep(Duration::from_millis(ms)).await;
