@@ -1,4 +1,5 @@
-//! The six scenarios of issue 7 and the set-up they share.
+//! The scenarios of issues 7 and 16 and the set-up they share; scenario 8 (relay drain) is in
+//! `drain`.
 //!
 //! Isolation: one fresh PostgreSQL database per run (a second one for scenario 4), fresh topics,
 //! fresh consumer groups, and Redis databases 11-14 (the stack and the tests use 0), which the
@@ -31,6 +32,8 @@ use crate::tools::{
     read_pgbench_logs, read_wrk_json,
 };
 use crate::{Args, fair};
+
+mod drain;
 
 /// Redis database of the API under scenarios 1, 3, 5 (and of the cache-refresh consumer).
 const REDIS_DB_API: u8 = 11;
@@ -182,30 +185,55 @@ impl Bench {
              per run, removed afterwards.",
             self.args.duration_secs, self.args.concurrency, self.args.profiles
         ));
-        let api = self.start_api("api", REDIS_DB_API, &[]).await?;
-        self.seed().await?;
-        self.warm(&api).await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        self.memory.api_idle = api.proc.rss_kib();
-        self.scenario1(&api).await?;
-        self.scenario5(&api).await?;
-        self.scenario3(&api).await?;
-        api.proc.stop().await;
-        let miss_api = self
-            .start_api(
-                "api-miss",
-                REDIS_DB_MISS,
-                &[
-                    ("CACHE_TTL_SECONDS", "0".to_owned()),
-                    ("CACHE_STALE_GRACE_SECONDS", "0".to_owned()),
-                ],
-            )
-            .await?;
-        self.scenario2(&miss_api).await?;
-        miss_api.proc.stop().await;
-        self.scenario4().await?;
-        self.scenario6();
-        self.scenario7();
+        let only = self.args.only.clone();
+        let wants = |n: u32| only.is_empty() || only.contains(&n);
+        // Scenarios 1, 3 and 5 share one API replica and the seeded profiles (2 reads them too).
+        if [1, 3, 5].into_iter().any(wants) {
+            let api = self.start_api("api", REDIS_DB_API, &[]).await?;
+            self.seed().await?;
+            self.warm(&api).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.memory.api_idle = api.proc.rss_kib();
+            if wants(1) {
+                self.scenario1(&api).await?;
+            }
+            if wants(5) {
+                self.scenario5(&api).await?;
+            }
+            if wants(3) {
+                self.scenario3(&api).await?;
+            }
+            api.proc.stop().await;
+        }
+        if wants(2) {
+            if ![1, 3, 5].into_iter().any(wants) {
+                self.seed().await?;
+            }
+            let miss_api = self
+                .start_api(
+                    "api-miss",
+                    REDIS_DB_MISS,
+                    &[
+                        ("CACHE_TTL_SECONDS", "0".to_owned()),
+                        ("CACHE_STALE_GRACE_SECONDS", "0".to_owned()),
+                    ],
+                )
+                .await?;
+            self.scenario2(&miss_api).await?;
+            miss_api.proc.stop().await;
+        }
+        if wants(4) {
+            self.scenario4().await?;
+        }
+        if wants(8) {
+            self.scenario8().await?;
+        }
+        if wants(6) {
+            self.scenario6();
+        }
+        if wants(7) {
+            self.scenario7();
+        }
         Ok(())
     }
 
@@ -256,6 +284,7 @@ impl Bench {
             // 0 turns the per-subject rate limit off: the load tools are one subject.
             ("RATE_LIMIT_PER_SECOND", "0".to_owned()),
         ];
+        env.retain(|(key, _)| !extra.iter().any(|(other, _)| other == key));
         env.extend(extra.iter().cloned());
         let line = CommandLine {
             env: env
