@@ -1,5 +1,5 @@
 //! The scenarios of issues 7 and 16 and the set-up they share; scenario 8 (relay drain) is in
-//! `drain`.
+//! `drain`, scenario 9 (cache-hit GET across two replicas) in `replicas`.
 //!
 //! Isolation: one fresh PostgreSQL database per run (a second one for scenario 4), fresh topics,
 //! fresh consumer groups, and Redis databases 11-14 (the stack and the tests use 0), which the
@@ -34,6 +34,7 @@ use crate::tools::{
 use crate::{Args, fair};
 
 mod drain;
+mod replicas;
 
 /// Redis database of the API under scenarios 1, 3, 5 (and of the cache-refresh consumer).
 const REDIS_DB_API: u8 = 11;
@@ -187,8 +188,8 @@ impl Bench {
         ));
         let only = self.args.only.clone();
         let wants = |n: u32| only.is_empty() || only.contains(&n);
-        // Scenarios 1, 3 and 5 share one API replica and the seeded profiles (2 reads them too).
-        if [1, 3, 5].into_iter().any(wants) {
+        // Scenarios 1, 3, 5 and 9 share one API replica and the seeded profiles (2 reads them too).
+        if [1, 3, 5, 9].into_iter().any(wants) {
             let api = self.start_api("api", REDIS_DB_API, &[]).await?;
             self.seed().await?;
             self.warm(&api).await?;
@@ -196,6 +197,9 @@ impl Bench {
             self.memory.api_idle = api.proc.rss_kib();
             if wants(1) {
                 self.scenario1(&api).await?;
+            }
+            if wants(9) {
+                self.scenario9(&api).await?;
             }
             if wants(5) {
                 self.scenario5(&api).await?;
@@ -206,7 +210,7 @@ impl Bench {
             api.proc.stop().await;
         }
         if wants(2) {
-            if ![1, 3, 5].into_iter().any(wants) {
+            if ![1, 3, 5, 9].into_iter().any(wants) {
                 self.seed().await?;
             }
             let miss_api = self
@@ -450,10 +454,22 @@ impl Bench {
     }
 
     fn wrk_line(&self, script: &str, json: &Path, base: &str) -> CommandLine {
+        self.wrk_line_with(script, json, base, 2, self.args.concurrency)
+    }
+
+    /// [`Self::wrk_line`] with `threads` threads and `connections` connections.
+    fn wrk_line_with(
+        &self,
+        script: &str,
+        json: &Path,
+        base: &str,
+        threads: usize,
+        connections: usize,
+    ) -> CommandLine {
         CommandLine::new(&[
             "wrk",
-            "-t2",
-            &format!("-c{}", self.args.concurrency),
+            &format!("-t{threads}"),
+            &format!("-c{connections}"),
             &format!("-d{}s", self.args.duration_secs),
             "--latency",
             "-s",
@@ -549,58 +565,9 @@ impl Bench {
             wrk.error_count()
         ));
 
-        // Baseline: redis-benchmark GET on 10,000 keys of a similar size, same concurrency.
-        let host_port = self.redis_host.trim_start_matches("redis://").to_owned();
-        let (host, port) = host_port.split_once(':').unwrap_or((&host_port, "6379"));
-        let db = REDIS_DB_BASELINE.to_string();
-        let c = self.args.concurrency.to_string();
-        let r = self.args.profiles.to_string();
-        let fill = CommandLine::new(&[
-            "redis-benchmark",
-            "-h",
-            host,
-            "-p",
-            port,
-            "--dbnum",
-            &db,
-            "-t",
-            "set",
-            "-c",
-            &c,
-            "-r",
-            &r,
-            "-n",
-            "100000",
-            "-d",
-            "200",
-            "-q",
-        ]);
-        self.report.command(S, fill.render());
-        fill.output(&self.root).await?;
         let requests =
             (wrk.rps() * self.args.duration_secs as f64).clamp(100_000.0, 2_000_000.0) as u64;
-        let get = CommandLine::new(&[
-            "redis-benchmark",
-            "-h",
-            host,
-            "-p",
-            port,
-            "--dbnum",
-            &db,
-            "-t",
-            "get",
-            "-c",
-            &c,
-            "-P",
-            "1",
-            "-r",
-            &r,
-            "-n",
-            &requests.to_string(),
-            "--csv",
-        ]);
-        self.report.command(S, get.render());
-        let baseline = parse_redis_csv(&get.output(&self.root).await?)?;
+        let baseline = self.redis_get_baseline(S, requests).await?;
 
         let ours = wrk.percentiles_ms();
         let what = "redis-benchmark GET of 200-byte values, same concurrency, no pipelining";
@@ -634,6 +601,64 @@ impl Bench {
             ],
         );
         Ok(())
+    }
+
+    /// The baseline of the cache-hit GETs: `redis-benchmark` GET of `requests` requests over
+    /// as many keys as profiles, 200-byte values, the same concurrency, no pipelining.
+    async fn redis_get_baseline(
+        &mut self,
+        scenario: &str,
+        requests: u64,
+    ) -> anyhow::Result<crate::tools::RedisBenchRow> {
+        let host_port = self.redis_host.trim_start_matches("redis://").to_owned();
+        let (host, port) = host_port.split_once(':').unwrap_or((&host_port, "6379"));
+        let db = REDIS_DB_BASELINE.to_string();
+        let c = self.args.concurrency.to_string();
+        let r = self.args.profiles.to_string();
+        let fill = CommandLine::new(&[
+            "redis-benchmark",
+            "-h",
+            host,
+            "-p",
+            port,
+            "--dbnum",
+            &db,
+            "-t",
+            "set",
+            "-c",
+            &c,
+            "-r",
+            &r,
+            "-n",
+            "100000",
+            "-d",
+            "200",
+            "-q",
+        ]);
+        self.report.command(scenario, fill.render());
+        fill.output(&self.root).await?;
+        let get = CommandLine::new(&[
+            "redis-benchmark",
+            "-h",
+            host,
+            "-p",
+            port,
+            "--dbnum",
+            &db,
+            "-t",
+            "get",
+            "-c",
+            &c,
+            "-P",
+            "1",
+            "-r",
+            &r,
+            "-n",
+            &requests.to_string(),
+            "--csv",
+        ]);
+        self.report.command(scenario, get.render());
+        parse_redis_csv(&get.output(&self.root).await?)
     }
 
     /// Scenario 2: cache-miss GET vs pgbench select-only on the same table.

@@ -48,7 +48,7 @@ struct Filled {
 
 impl Bench {
     /// Scenario 8: relay drain of `--drain-rows` outbox rows vs the bare producer.
-    pub(crate) async fn scenario8(&mut self) -> anyhow::Result<()> {
+    pub(super) async fn scenario8(&mut self) -> anyhow::Result<()> {
         const S: &str = "8 relay drain";
         let n = self.args.drain_rows;
         eprintln!("[bench] scenario 8: relay drain of {n} outbox rows");
