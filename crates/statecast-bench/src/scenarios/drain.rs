@@ -17,7 +17,7 @@ use futures::StreamExt as _;
 use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use sqlx::Connection as _;
 use statecast_events::{EventType, ProfileEvent, ProfileSnapshot};
@@ -147,6 +147,7 @@ impl Bench {
         // The same records, as the relay published them.
         let records = read_records(&self.brokers, &topic, n).await?;
         let producer: FutureProducer = relay_config.create()?;
+        warm_up(&producer, &bare_topic).await?;
         let bare = self
             .bare_produce(&producer, &counter, &bare_topic, &records, cap)
             .await?;
@@ -154,8 +155,9 @@ impl Bench {
             S,
             format!(
                 "# baseline: the {} records of {topic} (keys, payloads, headers) sent to {bare_topic} by a bare rdkafka \
-                 FutureProducer built by profile_api::relay::producer_config, {BARE_IN_FLIGHT} sends in flight; clock \
-                 from the first send to the high watermarks reaching the count",
+                 FutureProducer built by profile_api::relay::producer_config (connected and given its producer id \
+                 beforehand, as the relay's is), {BARE_IN_FLIGHT} sends in flight; clock from the first send to the \
+                 high watermarks reaching the count",
                 records.len()
             ),
         );
@@ -257,6 +259,23 @@ impl Bench {
         }
         filled
     }
+}
+
+/// Connects `producer` and lets it take its idempotent producer id before the clock starts,
+/// as the relay's producer has (it is made when the relay becomes the leader, before the
+/// backlog exists).
+async fn warm_up(producer: &FutureProducer, topic: &str) -> anyhow::Result<()> {
+    let client = producer.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        client
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .map(|_| ())
+    })
+    .await??;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
 }
 
 /// Waits until this database's relay holds the leader lock, then out its take-over delay.
