@@ -19,6 +19,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
 use sqlx::Connection as _;
 use statecast_events::{EventType, ProfileEvent, ProfileSnapshot};
 use statecast_testkit as testkit;
@@ -336,11 +337,16 @@ async fn wait_for_records(
     }
 }
 
-/// The first `n` records of `topic` (all partitions), with their headers.
+/// The first `n` records of `topic` (all partitions), with their headers. The partitions are
+/// assigned, not subscribed to: no group coordinator is involved.
 async fn read_records(brokers: &str, topic: &str, n: usize) -> anyhow::Result<Vec<Record>> {
     let consumer: StreamConsumer =
         fair::bare_consumer_config(brokers, &testkit::unique("bench-drain-read")).create()?;
-    consumer.subscribe(&[topic])?;
+    let mut partitions = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        partitions.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&partitions)?;
     let mut records = Vec::with_capacity(n);
     let give_up = Instant::now() + Duration::from_secs(120);
     while records.len() < n && Instant::now() < give_up {
