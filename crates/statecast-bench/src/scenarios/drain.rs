@@ -303,7 +303,7 @@ async fn wait_for_leader(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
 }
 
 /// Polls the sum of `topic`'s high watermarks every 20 ms until it reaches `want` or `cap`
-/// passed; seconds from `since`.
+/// passed (a poll the broker does not answer is asked again); seconds from `since`.
 async fn wait_for_records(
     counter: &Arc<BaseConsumer>,
     topic: &str,
@@ -324,9 +324,18 @@ async fn wait_for_records(
                     })
                     .sum::<Result<i64, _>>()
             })
-            .await??
+            .await?
         };
         let now = Instant::now();
+        // A busy broker may not answer one poll: the next one asks again, until the cap.
+        let count = match count {
+            Ok(count) => count,
+            Err(error) if now.duration_since(since) <= cap => {
+                eprintln!("[bench] watermarks of {topic}: {error}; asking again");
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
         if count >= want || now.duration_since(since) > cap {
             return Ok(Filled {
                 secs: now.duration_since(since).as_secs_f64(),
