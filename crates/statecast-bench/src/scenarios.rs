@@ -16,8 +16,6 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use rdkafka::ClientConfig;
 use rdkafka::Message as _;
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -78,7 +76,11 @@ pub(crate) struct Bench {
     pub(crate) report: Report,
     db_url: String,
     extra_dbs: Vec<String>,
-    topics: std::sync::Mutex<Vec<String>>,
+    /// The run's own broker: the bench writes and reads hundreds of thousands of records, which
+    /// would slow the shared broker the tests use, and tansu deletes a large topic so slowly
+    /// (minutes, blocking every other request) that cleaning up there froze it. Killed, with its
+    /// SQLite log, when the run ends.
+    broker: Option<testkit::PrivateBroker>,
     brokers: String,
     redis_host: String,
     topic: String,
@@ -120,7 +122,10 @@ impl Bench {
             .timeout(Duration::from_secs(30))
             .build()?;
         let db_url = testkit::fresh_database().await?;
-        let brokers = testkit::kafka_brokers();
+        let broker = testkit::PrivateBroker::start()
+            .await
+            .context("start the bench's own broker (tansu; scripts/stack up builds it)")?;
+        let brokers = broker.brokers();
         let topic = testkit::unique("bench-events");
         testkit::create_topic(&brokers, &topic, 6).await?;
         testkit::create_topic(&brokers, &format!("{topic}.dlq"), 1).await?;
@@ -134,7 +139,7 @@ impl Bench {
             report: Report::default(),
             db_url,
             extra_dbs: Vec::new(),
-            topics: std::sync::Mutex::new(vec![topic.clone(), format!("{topic}.dlq")]),
+            broker: Some(broker),
             brokers,
             redis_host,
             topic,
@@ -175,7 +180,7 @@ impl Bench {
              measures (ours and the baselines alike). Release builds; RUST_LOG=warn; no OpenTelemetry export."
         ));
         self.report.note(
-            "The broker is tansu (Kafka protocol, in-memory storage) from scripts/stack, not Apache Kafka: consumer \
+            "The broker is tansu (Kafka protocol, SQLite storage), a broker of the run's own started from the build scripts/stack makes, not Apache Kafka: consumer \
              throughput and propagation include its behaviour. PostgreSQL runs with fsync=off and \
              synchronous_commit=off (scripts/stack), which flatters every write figure, ours and pgbench's alike.",
         );
@@ -959,12 +964,6 @@ impl Bench {
         Ok(())
     }
 
-    fn remember_topics(&self, names: &[&str]) {
-        if let Ok(mut topics) = self.topics.lock() {
-            topics.extend(names.iter().map(|n| (*n).to_owned()));
-        }
-    }
-
     /// Flags a load run whose answers were not what it meant to measure.
     fn warn_errors(&mut self, scenario: &str, errors: u64, requests: u64) {
         if errors > 0 {
@@ -1008,7 +1007,6 @@ impl Bench {
         let topic = testkit::unique("bench-consume");
         testkit::create_topic(&self.brokers, &topic, 6).await?;
         testkit::create_topic(&self.brokers, &format!("{topic}.dlq"), 1).await?;
-        self.remember_topics(&[&topic, &format!("{topic}.dlq")]);
         self.produce(&topic, n).await?;
         self.report.command(
             S,
@@ -1187,7 +1185,6 @@ impl Bench {
     ) -> anyhow::Result<Percentiles> {
         let topic = testkit::unique("bench-roundtrip");
         testkit::create_topic(&self.brokers, &topic, 6).await?;
-        self.remember_topics(&[&topic]);
         let assigned = AssignClock::default();
         let consumer: Arc<StreamConsumer<AssignClock>> = Arc::new(
             fair::bare_consumer_config(&self.brokers, &testkit::unique("bench-roundtrip"))
@@ -1412,16 +1409,9 @@ impl Bench {
                 }
             }
         }
-        let topics: Vec<String> = self.topics.lock().map(|t| t.clone()).unwrap_or_default();
-        let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create();
-        if let Ok(admin) = admin {
-            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-            if let Err(error) = admin.delete_topics(&names, &options).await {
-                eprintln!("[bench] cleanup: delete topics: {error}");
-            }
+        // Its topics go with it: no DeleteTopics on tansu (see `broker`).
+        if let Some(mut broker) = self.broker.take() {
+            broker.kill().await;
         }
         let mut removed = 0usize;
         for sub in ["new", "cur"] {

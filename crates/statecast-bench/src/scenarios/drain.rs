@@ -60,7 +60,6 @@ impl Bench {
         for t in [&topic, &bare_topic] {
             testkit::create_topic(&self.brokers, t, PARTITIONS).await?;
         }
-        self.remember_topics(&[&topic, &bare_topic]);
 
         let api = self
             .start_api(
