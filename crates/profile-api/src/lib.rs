@@ -20,7 +20,8 @@
 //! - `cache`: Redis entries, compare-and-set fills/invalidations (Lua), fill lock, XFetch, jitter.
 //! - `read`: the read path with coalescing, lock, XFetch, stale-while-revalidate, negative cache.
 //! - `store`: PostgreSQL reads and the write transaction (change + outbox row).
-//! - `relay`: the single-leader outbox relay to Kafka (why single-leader: see its module doc).
+//! - [`relay`]: the single-leader outbox relay to Kafka (why single-leader: see its module doc);
+//!   public for [`relay::producer_config`], which the benchmark's bare producer uses too.
 //! - `main.rs`: parse [`Config`], init telemetry, [`build`], [`listen`], serve + relay until
 //!   SIGTERM/SIGINT; a start-up error goes to the log and stderr, exit code 1.
 //! - [`metrics`]: Prometheus metrics.
@@ -56,7 +57,7 @@ mod store;
 mod cache;
 mod client;
 mod read;
-mod relay;
+pub mod relay;
 mod routes;
 mod validate;
 

@@ -47,7 +47,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::AppState;
+use statecast_kafka::KafkaSecurity;
+
+use crate::{AppState, Config};
 
 /// Advisory lock key of the relay leader ("statecast outbox relay").
 const LEADER_LOCK: i64 = 0x5354_4341_5354_5231;
@@ -280,21 +282,29 @@ async fn delete_old_rows(state: &AppState, conn: &mut PgConnection) -> Result<()
     Ok(())
 }
 
-fn new_producer(state: &AppState) -> Result<FutureProducer, rdkafka::error::KafkaError> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &state.config.kafka_brokers)
+/// The relay's producer settings: idempotent, `acks=all`, up to five requests in flight (the
+/// most idempotence keeps in order), `linger.ms=1`, librdkafka's default batch size and no
+/// compression; then the shared security and pass-through settings (statecast-kafka). The
+/// benchmark's bare producer baseline (`statecast-bench`) is built by this function too.
+pub fn producer_config(config: &Config, security: &KafkaSecurity) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.kafka_brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("max.in.flight.requests.per.connection", "5")
         .set(
             "message.timeout.ms",
-            state.config.kafka_message_timeout_ms.to_string(),
+            config.kafka_message_timeout_ms.to_string(),
         )
         .set("linger.ms", "1");
     // Security and pass-through last: the shared settings of every workload (statecast-kafka).
-    state.kafka.apply(&mut config);
-    config.create()
+    security.apply(&mut client);
+    client
+}
+
+fn new_producer(state: &AppState) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    producer_config(&state.config, &state.kafka).create()
 }
 
 /// Takes one batch, publishes it, marks what was acknowledged. Returns (rows taken, any failed).

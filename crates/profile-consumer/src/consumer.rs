@@ -102,7 +102,7 @@ async fn consume(
     let security = config.kafka_security()?;
     tracing::info!(kafka = ?security, "Kafka client settings");
     let consumer: Arc<StreamConsumer<Context>> = Arc::new(
-        consumer_config(config, &security)
+        client_config(config, &security)
             .create_with_context(context)
             .map_err(|e| client_error("consumer", e))?,
     );
@@ -406,22 +406,36 @@ fn variable_for_property(property: &str) -> String {
     }
 }
 
-/// The consumer's settings, then the shared security and pass-through ones (statecast-kafka).
-fn consumer_config(config: &Config, security: &KafkaSecurity) -> ClientConfig {
+/// The consumer's fetch and commit settings: the one place they are written. The consumer's
+/// client ([`client_config`]) and the benchmark's bare baselines (`statecast-bench`) both apply
+/// them, so a baseline is always configured like the consumer it is compared with.
+///
+/// - Offsets are stored by hand after a record's effect (`enable.auto.offset.store=false`) and
+///   committed in the background every second.
+/// - For `latest` the position is pinned and committed on assignment (Context), before
+///   librdkafka looks for a committed offset; `earliest` is the reset in both cases.
+/// - librdkafka waits up to 500 ms for a fetch to fill by default; a change event should not
+///   wait for company (measured: propagation p50 ~350 ms with the default, see
+///   docs/benchmarks.md).
+pub const FETCH_AND_COMMIT: [(&str, &str); 5] = [
+    ("enable.auto.commit", "true"),
+    ("enable.auto.offset.store", "false"),
+    ("auto.commit.interval.ms", "1000"),
+    ("auto.offset.reset", "earliest"),
+    ("fetch.wait.max.ms", "50"),
+];
+
+/// The consumer's client settings: [`FETCH_AND_COMMIT`], group membership and metadata, then
+/// the shared security and pass-through ones (statecast-kafka).
+pub fn client_config(config: &Config, security: &KafkaSecurity) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.kafka_brokers)
-        .set("group.id", &config.kafka_group_id)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.commit.interval.ms", "1000")
-        // For `latest` the position is pinned and committed on assignment (Context), before
-        // librdkafka looks for a committed offset; `earliest` is the reset in both cases.
-        .set("auto.offset.reset", "earliest")
-        // librdkafka waits up to 500 ms for a fetch to fill by default; a change event should not
-        // wait for company (measured: propagation p50 ~350 ms with the default, see
-        // docs/benchmarks.md).
-        .set("fetch.wait.max.ms", "50")
+        .set("group.id", &config.kafka_group_id);
+    for (key, value) in FETCH_AND_COMMIT {
+        client.set(key, value);
+    }
+    client
         // A subscribed topic created after the consumer started (the chart's topic Job runs
         // once Kafka is up) is seen at the next metadata refresh: 10 s, not librdkafka's 300 s.
         .set("topic.metadata.refresh.interval.ms", "10000")

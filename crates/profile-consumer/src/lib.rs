@@ -12,7 +12,9 @@
 //! - `connect`: the PostgreSQL pool and the Redis connection from their URLs, TLS included,
 //!   and start-up errors naming the variable, its masked value and the fix ([`ConnectError`];
 //!   the pool, the client and the wording are `statecast-startup`'s, shared with the API).
-//! - [`consumer`]: the consume loop, rebalance hooks and graceful shutdown ([`run`]).
+//! - [`consumer`]: the consume loop, rebalance hooks and graceful shutdown ([`run`]); the client
+//!   settings ([`consumer::client_config`], [`consumer::FETCH_AND_COMMIT`], which the
+//!   benchmark's bare baselines apply too).
 //! - `partition`: one worker per assigned partition; where a failure is retried, paused on or
 //!   dead-lettered.
 //! - [`retry`]: the exponential backoff schedule.

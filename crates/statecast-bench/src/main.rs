@@ -13,11 +13,14 @@
 //! - `procs`: child processes, ports, `/metrics`, VmRSS.
 //! - `tools`: wrk / redis-benchmark / pgbench command lines and parsers.
 //! - `report`: table, notes, commands, plot specs, `docs/benchmarks.md`.
-//! - `scenarios`: the six scenarios.
+//! - `scenarios`: the scenarios.
+//! - `fair`: the baselines' Kafka client settings, taken from the consumer's and the relay's own
+//!   configuration functions (never copied), and the check that they match.
 //! - `autoscaling`: section 7, the operator's autoscaling rules over a simulated burst (no
 //!   services; `--autoscaling-only` runs just it).
 
 mod autoscaling;
+mod fair;
 mod procs;
 mod report;
 mod scenarios;
@@ -66,6 +69,16 @@ pub struct Args {
     /// Concurrent GETs of the stampede.
     #[arg(long, default_value_t = 500)]
     pub stampede: usize,
+    /// Outbox rows the relay drains in scenario 8 (and the bare producer sends).
+    #[arg(long, env = "BENCH_DRAIN_ROWS", default_value_t = 100_000)]
+    pub drain_rows: usize,
+    /// Longest wait for either topic of scenario 8 to hold every record.
+    #[arg(long, default_value_t = 300)]
+    pub drain_cap_secs: u64,
+    /// Run only these scenarios (comma-separated numbers, e.g. `--only 4,8`) and write nothing
+    /// under docs/: a partial run must not replace the whole report.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<u32>,
     /// Write nothing under docs/ (print the table only).
     #[arg(long)]
     pub no_docs: bool,
@@ -112,6 +125,11 @@ async fn main() -> anyhow::Result<()> {
             target.join("release")
         }
     };
+    let mut args = args;
+    if !args.only.is_empty() && !args.no_docs {
+        eprintln!("[bench] --only: docs/ is left as it is");
+        args.no_docs = true;
+    }
     let mut bench = scenarios::Bench::new(args.clone(), root, bin_dir).await?;
     let outcome = bench.run_all().await;
     bench.cleanup().await;

@@ -1,4 +1,5 @@
-//! The six scenarios of issue 7 and the set-up they share.
+//! The scenarios of issues 7 and 16 and the set-up they share; scenario 8 (relay drain) is in
+//! `drain`, scenario 9 (cache-hit GET across two replicas) in `replicas`.
 //!
 //! Isolation: one fresh PostgreSQL database per run (a second one for scenario 4), fresh topics,
 //! fresh consumer groups, and Redis databases 11-14 (the stack and the tests use 0), which the
@@ -15,8 +16,6 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use rdkafka::ClientConfig;
 use rdkafka::Message as _;
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -24,13 +23,16 @@ use sqlx::Connection as _;
 use statecast_events::{EventType, ProfileEvent, ProfileSnapshot};
 use statecast_testkit as testkit;
 
-use crate::Args;
 use crate::procs::{Proc, free_port, scrape, wait_ready};
 use crate::report::Report;
 use crate::tools::{
     CommandLine, Percentiles, WrkSummary, at, parse_pgbench_tps, parse_redis_csv, percentiles_of,
     read_pgbench_logs, read_wrk_json,
 };
+use crate::{Args, fair};
+
+mod drain;
+mod replicas;
 
 /// Redis database of the API under scenarios 1, 3, 5 (and of the cache-refresh consumer).
 const REDIS_DB_API: u8 = 11;
@@ -59,6 +61,8 @@ struct Memory {
 struct Api {
     proc: Proc,
     base: String,
+    /// The environment it was started with (its relay's producer settings derive from it).
+    env: Vec<(&'static str, String)>,
 }
 
 /// A benchmark run.
@@ -72,7 +76,11 @@ pub(crate) struct Bench {
     pub(crate) report: Report,
     db_url: String,
     extra_dbs: Vec<String>,
-    topics: std::sync::Mutex<Vec<String>>,
+    /// The run's own broker: the bench writes and reads hundreds of thousands of records, which
+    /// would slow the shared broker the tests use, and tansu deletes a large topic so slowly
+    /// (minutes, blocking every other request) that cleaning up there froze it. Killed, with its
+    /// SQLite log, when the run ends.
+    broker: Option<testkit::PrivateBroker>,
     brokers: String,
     redis_host: String,
     topic: String,
@@ -114,7 +122,10 @@ impl Bench {
             .timeout(Duration::from_secs(30))
             .build()?;
         let db_url = testkit::fresh_database().await?;
-        let brokers = testkit::kafka_brokers();
+        let broker = testkit::PrivateBroker::start()
+            .await
+            .context("start the bench's own broker (tansu; scripts/stack up builds it)")?;
+        let brokers = broker.brokers();
         let topic = testkit::unique("bench-events");
         testkit::create_topic(&brokers, &topic, 6).await?;
         testkit::create_topic(&brokers, &format!("{topic}.dlq"), 1).await?;
@@ -128,7 +139,7 @@ impl Bench {
             report: Report::default(),
             db_url,
             extra_dbs: Vec::new(),
-            topics: std::sync::Mutex::new(vec![topic.clone(), format!("{topic}.dlq")]),
+            broker: Some(broker),
             brokers,
             redis_host,
             topic,
@@ -169,7 +180,7 @@ impl Bench {
              measures (ours and the baselines alike). Release builds; RUST_LOG=warn; no OpenTelemetry export."
         ));
         self.report.note(
-            "The broker is tansu (Kafka protocol, in-memory storage) from scripts/stack, not Apache Kafka: consumer \
+            "The broker is tansu (Kafka protocol, SQLite storage), a broker of the run's own started from the build scripts/stack makes, not Apache Kafka: consumer \
              throughput and propagation include its behaviour. PostgreSQL runs with fsync=off and \
              synchronous_commit=off (scripts/stack), which flatters every write figure, ours and pgbench's alike.",
         );
@@ -180,30 +191,58 @@ impl Bench {
              per run, removed afterwards.",
             self.args.duration_secs, self.args.concurrency, self.args.profiles
         ));
-        let api = self.start_api("api", REDIS_DB_API, &[]).await?;
-        self.seed().await?;
-        self.warm(&api).await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        self.memory.api_idle = api.proc.rss_kib();
-        self.scenario1(&api).await?;
-        self.scenario5(&api).await?;
-        self.scenario3(&api).await?;
-        api.proc.stop().await;
-        let miss_api = self
-            .start_api(
-                "api-miss",
-                REDIS_DB_MISS,
-                &[
-                    ("CACHE_TTL_SECONDS", "0".to_owned()),
-                    ("CACHE_STALE_GRACE_SECONDS", "0".to_owned()),
-                ],
-            )
-            .await?;
-        self.scenario2(&miss_api).await?;
-        miss_api.proc.stop().await;
-        self.scenario4().await?;
-        self.scenario6();
-        self.scenario7();
+        let only = self.args.only.clone();
+        let wants = |n: u32| only.is_empty() || only.contains(&n);
+        // Scenarios 1, 3, 5 and 9 share one API replica and the seeded profiles (2 reads them too).
+        if [1, 3, 5, 9].into_iter().any(wants) {
+            let api = self.start_api("api", REDIS_DB_API, &[]).await?;
+            self.seed().await?;
+            self.warm(&api).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.memory.api_idle = api.proc.rss_kib();
+            if wants(1) {
+                self.scenario1(&api).await?;
+            }
+            if wants(9) {
+                self.scenario9(&api).await?;
+            }
+            if wants(5) {
+                self.scenario5(&api).await?;
+            }
+            if wants(3) {
+                self.scenario3(&api).await?;
+            }
+            api.proc.stop().await;
+        }
+        if wants(2) {
+            if ![1, 3, 5, 9].into_iter().any(wants) {
+                self.seed().await?;
+            }
+            let miss_api = self
+                .start_api(
+                    "api-miss",
+                    REDIS_DB_MISS,
+                    &[
+                        ("CACHE_TTL_SECONDS", "0".to_owned()),
+                        ("CACHE_STALE_GRACE_SECONDS", "0".to_owned()),
+                    ],
+                )
+                .await?;
+            self.scenario2(&miss_api).await?;
+            miss_api.proc.stop().await;
+        }
+        if wants(4) {
+            self.scenario4().await?;
+        }
+        if wants(8) {
+            self.scenario8().await?;
+        }
+        if wants(6) {
+            self.scenario6();
+        }
+        if wants(7) {
+            self.scenario7();
+        }
         Ok(())
     }
 
@@ -241,10 +280,10 @@ impl Bench {
         &mut self,
         name: &str,
         redis_db: u8,
-        extra: &[(&str, String)],
+        extra: &[(&'static str, String)],
     ) -> anyhow::Result<Api> {
         let port = free_port()?;
-        let mut env = vec![
+        let mut env: Vec<(&'static str, String)> = vec![
             ("DATABASE_URL", self.db_url.clone()),
             ("REDIS_URL", redis_url(&self.redis_host, redis_db)),
             ("KAFKA_BROKERS", self.brokers.clone()),
@@ -254,6 +293,7 @@ impl Bench {
             // 0 turns the per-subject rate limit off: the load tools are one subject.
             ("RATE_LIMIT_PER_SECOND", "0".to_owned()),
         ];
+        env.retain(|(key, _)| !extra.iter().any(|(other, _)| other == key));
         env.extend(extra.iter().cloned());
         let line = CommandLine {
             env: env
@@ -273,7 +313,7 @@ impl Bench {
             Duration::from_secs(60),
         )
         .await?;
-        Ok(Api { proc, base })
+        Ok(Api { proc, base, env })
     }
 
     fn consumer_env(
@@ -309,6 +349,7 @@ impl Bench {
         let port = free_port()?;
         let group = testkit::unique(&format!("bench-{handler}"));
         let env = self.consumer_env(handler, &group, topic, db_url, redis_db, port);
+        self.check_fair_consumer(scenario, handler, &env)?;
         let line = CommandLine {
             env: env
                 .iter()
@@ -334,6 +375,39 @@ impl Bench {
         )
         .await?;
         Ok((proc, group, metrics))
+    }
+
+    /// Notes (once per scenario) the fetch and commit settings the consumers and the bare
+    /// baselines share, and warns loudly if `env`'s consumer differs from the bare one on any.
+    fn check_fair_consumer(
+        &mut self,
+        scenario: &str,
+        handler: &str,
+        env: &[(&'static str, String)],
+    ) -> anyhow::Result<()> {
+        let ours = fair::consumer_config(env)?;
+        let bare = fair::bare_consumer_config(&self.brokers, "bench-bare");
+        let differences = fair::differences(&bare, &ours, fair::is_fetch_or_commit);
+        if !differences.is_empty() {
+            eprintln!(
+                "[bench] WARNING {scenario}: the bare consumer differs from {handler}: {differences:?}"
+            );
+            self.report.note(format!(
+                "WARNING {scenario}: the bare consumer baseline is not configured like the {handler} consumer: {}",
+                differences.join("; ")
+            ));
+        }
+        let number = scenario.split_whitespace().next().unwrap_or(scenario);
+        let text = format!(
+            "{number}: the bare rdkafka consumers of the baselines use the consumers' own fetch and commit settings \
+             (profile_consumer::consumer::FETCH_AND_COMMIT, checked against each consumer's client configuration \
+             at start): {}; they store each record's offset by hand as the consumers do after an effect.",
+            fair::describe(&ours, fair::is_fetch_or_commit)
+        );
+        if !self.report.notes.contains(&text) {
+            self.report.note(text);
+        }
+        Ok(())
     }
 
     async fn seed(&mut self) -> anyhow::Result<()> {
@@ -385,10 +459,22 @@ impl Bench {
     }
 
     fn wrk_line(&self, script: &str, json: &Path, base: &str) -> CommandLine {
+        self.wrk_line_with(script, json, base, 2, self.args.concurrency)
+    }
+
+    /// [`Self::wrk_line`] with `threads` threads and `connections` connections.
+    fn wrk_line_with(
+        &self,
+        script: &str,
+        json: &Path,
+        base: &str,
+        threads: usize,
+        connections: usize,
+    ) -> CommandLine {
         CommandLine::new(&[
             "wrk",
-            "-t2",
-            &format!("-c{}", self.args.concurrency),
+            &format!("-t{threads}"),
+            &format!("-c{connections}"),
             &format!("-d{}s", self.args.duration_secs),
             "--latency",
             "-s",
@@ -484,58 +570,9 @@ impl Bench {
             wrk.error_count()
         ));
 
-        // Baseline: redis-benchmark GET on 10,000 keys of a similar size, same concurrency.
-        let host_port = self.redis_host.trim_start_matches("redis://").to_owned();
-        let (host, port) = host_port.split_once(':').unwrap_or((&host_port, "6379"));
-        let db = REDIS_DB_BASELINE.to_string();
-        let c = self.args.concurrency.to_string();
-        let r = self.args.profiles.to_string();
-        let fill = CommandLine::new(&[
-            "redis-benchmark",
-            "-h",
-            host,
-            "-p",
-            port,
-            "--dbnum",
-            &db,
-            "-t",
-            "set",
-            "-c",
-            &c,
-            "-r",
-            &r,
-            "-n",
-            "100000",
-            "-d",
-            "200",
-            "-q",
-        ]);
-        self.report.command(S, fill.render());
-        fill.output(&self.root).await?;
         let requests =
             (wrk.rps() * self.args.duration_secs as f64).clamp(100_000.0, 2_000_000.0) as u64;
-        let get = CommandLine::new(&[
-            "redis-benchmark",
-            "-h",
-            host,
-            "-p",
-            port,
-            "--dbnum",
-            &db,
-            "-t",
-            "get",
-            "-c",
-            &c,
-            "-P",
-            "1",
-            "-r",
-            &r,
-            "-n",
-            &requests.to_string(),
-            "--csv",
-        ]);
-        self.report.command(S, get.render());
-        let baseline = parse_redis_csv(&get.output(&self.root).await?)?;
+        let baseline = self.redis_get_baseline(S, requests).await?;
 
         let ours = wrk.percentiles_ms();
         let what = "redis-benchmark GET of 200-byte values, same concurrency, no pipelining";
@@ -569,6 +606,64 @@ impl Bench {
             ],
         );
         Ok(())
+    }
+
+    /// The baseline of the cache-hit GETs: `redis-benchmark` GET of `requests` requests over
+    /// as many keys as profiles, 200-byte values, the same concurrency, no pipelining.
+    async fn redis_get_baseline(
+        &mut self,
+        scenario: &str,
+        requests: u64,
+    ) -> anyhow::Result<crate::tools::RedisBenchRow> {
+        let host_port = self.redis_host.trim_start_matches("redis://").to_owned();
+        let (host, port) = host_port.split_once(':').unwrap_or((&host_port, "6379"));
+        let db = REDIS_DB_BASELINE.to_string();
+        let c = self.args.concurrency.to_string();
+        let r = self.args.profiles.to_string();
+        let fill = CommandLine::new(&[
+            "redis-benchmark",
+            "-h",
+            host,
+            "-p",
+            port,
+            "--dbnum",
+            &db,
+            "-t",
+            "set",
+            "-c",
+            &c,
+            "-r",
+            &r,
+            "-n",
+            "100000",
+            "-d",
+            "200",
+            "-q",
+        ]);
+        self.report.command(scenario, fill.render());
+        fill.output(&self.root).await?;
+        let get = CommandLine::new(&[
+            "redis-benchmark",
+            "-h",
+            host,
+            "-p",
+            port,
+            "--dbnum",
+            &db,
+            "-t",
+            "get",
+            "-c",
+            &c,
+            "-P",
+            "1",
+            "-r",
+            &r,
+            "-n",
+            &requests.to_string(),
+            "--csv",
+        ]);
+        self.report.command(scenario, get.render());
+        parse_redis_csv(&get.output(&self.root).await?)
     }
 
     /// Scenario 2: cache-miss GET vs pgbench select-only on the same table.
@@ -754,7 +849,7 @@ impl Bench {
                 self.args.propagation_puts
             ),
         );
-        let round_trip = match self.bare_round_trips(50).await {
+        let round_trip = match self.bare_round_trips(50, &api.env).await {
             Ok(p) => Some(p),
             Err(error) => {
                 self.report.note(format!(
@@ -766,7 +861,9 @@ impl Bench {
         self.report.command(
             S,
             "# baseline: 50 sequential records through a bare rdkafka FutureProducer → StreamConsumer \
-             (default client settings, fresh 6-partition topic), time from the producer's ack to recv()"
+             (the relay's producer settings, profile_api::relay::producer_config; the consumers' fetch and \
+             commit settings, profile_consumer::consumer::FETCH_AND_COMMIT; fresh 6-partition topic), time \
+             from the producer's ack to recv()"
                 .to_owned(),
         );
         let mut series: Vec<(String, Percentiles)> = Vec::new();
@@ -789,8 +886,7 @@ impl Bench {
                     "3: the relay picked each outbox row up (outbox.published_at, stamped with now() at the start of \
                      its publishing transaction) {:.2} ms (p50) / {:.2} ms (p99) after the PUT's response arrived \
                      (negative: before it), so propagation time is spent between the broker and the consumers; \
-                     compare the bare produce → consume baseline, which is bounded by librdkafka's default \
-                     fetch.wait.max.ms (500 ms) on this broker.",
+                     compare the bare produce → consume baseline, configured the same way (see below).",
                     at(&p, 50.0),
                     at(&p, 99.0)
                 ));
@@ -798,7 +894,7 @@ impl Bench {
             }
             let (what, base50, base99) = match (&round_trip, handler) {
                 (Some(rt), _) => (
-                    "bare rdkafka produce → consume, default settings",
+                    "bare rdkafka produce → consume, the relay's producer and the consumers' fetch/commit settings",
                     Some(at(rt, 50.0)),
                     Some(at(rt, 99.0)),
                 ),
@@ -868,12 +964,6 @@ impl Bench {
         Ok(())
     }
 
-    fn remember_topics(&self, names: &[&str]) {
-        if let Ok(mut topics) = self.topics.lock() {
-            topics.extend(names.iter().map(|n| (*n).to_owned()));
-        }
-    }
-
     /// Flags a load run whose answers were not what it meant to measure.
     fn warn_errors(&mut self, scenario: &str, errors: u64, requests: u64) {
         if errors > 0 {
@@ -917,7 +1007,6 @@ impl Bench {
         let topic = testkit::unique("bench-consume");
         testkit::create_topic(&self.brokers, &topic, 6).await?;
         testkit::create_topic(&self.brokers, &format!("{topic}.dlq"), 1).await?;
-        self.remember_topics(&[&topic, &format!("{topic}.dlq")]);
         self.produce(&topic, n).await?;
         self.report.command(
             S,
@@ -929,7 +1018,7 @@ impl Bench {
         let baseline = self.bare_consumer(&topic, n, cap).await?;
         self.report.command(
             S,
-            format!("# baseline: bare rdkafka StreamConsumer (fresh group, earliest, no handler) counting {n} records of {topic}"),
+            format!("# baseline: bare rdkafka StreamConsumer (fresh group, the consumers' fetch and commit settings, no handler) counting {n} records of {topic}"),
         );
         for handler in HANDLERS {
             let (mut proc, _group, metrics) = self
@@ -978,7 +1067,7 @@ impl Bench {
                 "rec/s",
                 rate,
                 baseline,
-                "bare rdkafka StreamConsumer, no handler",
+                "bare rdkafka StreamConsumer, same fetch/commit settings, no handler",
             );
         }
         if let Some(b) = baseline {
@@ -1061,12 +1150,9 @@ impl Bench {
         cap: Duration,
     ) -> anyhow::Result<Option<f64>> {
         let assigned = AssignClock::default();
-        let consumer: StreamConsumer<AssignClock> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("group.id", testkit::unique("bench-bare"))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create_with_context(assigned.clone())?;
+        let consumer: StreamConsumer<AssignClock> =
+            fair::bare_consumer_config(&self.brokers, &testkit::unique("bench-bare"))
+                .create_with_context(assigned.clone())?;
         consumer.subscribe(&[topic])?;
         let mut count = 0usize;
         let give_up = Instant::now() + cap + Duration::from_secs(30);
@@ -1074,6 +1160,8 @@ impl Bench {
             match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
                 Ok(Ok(message)) => {
                     let _ = message.payload();
+                    // As the consumer does after each effect (enable.auto.offset.store=false).
+                    let _ = consumer.store_offset_from_message(&message);
                     count += 1;
                 }
                 Ok(Err(error)) => eprintln!("[bench] bare consumer: {error}"),
@@ -1087,18 +1175,19 @@ impl Bench {
         }))
     }
 
-    /// Produce → receive latency of a bare rdkafka producer and StreamConsumer with default
-    /// settings: the broker and client floor under every propagation figure.
-    async fn bare_round_trips(&self, samples: usize) -> anyhow::Result<Percentiles> {
+    /// Produce → receive latency of a bare rdkafka producer and StreamConsumer configured like
+    /// the relay's producer (`api_env`'s) and the consumers' fetch and commit settings: the
+    /// broker and client floor under every propagation figure.
+    async fn bare_round_trips(
+        &self,
+        samples: usize,
+        api_env: &[(&'static str, String)],
+    ) -> anyhow::Result<Percentiles> {
         let topic = testkit::unique("bench-roundtrip");
         testkit::create_topic(&self.brokers, &topic, 6).await?;
-        self.remember_topics(&[&topic]);
         let assigned = AssignClock::default();
         let consumer: Arc<StreamConsumer<AssignClock>> = Arc::new(
-            ClientConfig::new()
-                .set("bootstrap.servers", &self.brokers)
-                .set("group.id", testkit::unique("bench-roundtrip"))
-                .set("auto.offset.reset", "earliest")
+            fair::bare_consumer_config(&self.brokers, &testkit::unique("bench-roundtrip"))
                 .create_with_context(assigned.clone())?,
         );
         consumer.subscribe(&[topic.as_str()])?;
@@ -1107,6 +1196,7 @@ impl Bench {
             let consumer = consumer.clone();
             tokio::spawn(async move {
                 while let Ok(message) = consumer.recv().await {
+                    let _ = consumer.store_offset_from_message(&message);
                     let key = message
                         .key()
                         .map(|k| String::from_utf8_lossy(k).into_owned())
@@ -1117,9 +1207,7 @@ impl Bench {
                 }
             })
         };
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()?;
+        let producer: FutureProducer = fair::relay_producer_config(api_env)?.create()?;
         let mut latencies = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         // Sample 0 is a warm-up (assignment, offset look-up); it is not counted.
@@ -1321,16 +1409,9 @@ impl Bench {
                 }
             }
         }
-        let topics: Vec<String> = self.topics.lock().map(|t| t.clone()).unwrap_or_default();
-        let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create();
-        if let Ok(admin) = admin {
-            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-            if let Err(error) = admin.delete_topics(&names, &options).await {
-                eprintln!("[bench] cleanup: delete topics: {error}");
-            }
+        // Its topics go with it: no DeleteTopics on tansu (see `broker`).
+        if let Some(mut broker) = self.broker.take() {
+            broker.kill().await;
         }
         let mut removed = 0usize;
         for sub in ["new", "cur"] {
@@ -1411,7 +1492,7 @@ fn refreshed_entry(raw: &str) -> bool {
 }
 
 /// A random pause of 0-250 ms between sequential writes, so they do not phase-lock with the
-/// consumers' fetch cycles (librdkafka's fetch.wait.max.ms is 500 ms by default).
+/// consumers' fetch cycles (fetch.wait.max.ms, `profile_consumer::consumer::FETCH_AND_COMMIT`).
 async fn jitter() {
     let ms: u64 = rand::random_range(0..250);
     tokio::time::sleep(Duration::from_millis(ms)).await;
