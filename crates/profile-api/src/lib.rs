@@ -17,7 +17,8 @@
 //! - [`problem`]: [`problem::ApiError`], the one error enum, as RFC 9457 problem+json.
 //! - [`model`]: [`model::Profile`] and [`model::ProfileInput`], the JSON shapes.
 //! - `validate`: pure input checks (ids, fields, merge patch, ETags).
-//! - `cache`: Redis entries, compare-and-set fills/invalidations (Lua), fill lock, XFetch, jitter.
+//! - the cache itself (Redis entries, compare-and-set fills/invalidations in Lua, the fill lock,
+//!   XFetch, jitter) is the `statecast-cache` crate's, shared with the `cache-refresh` consumer.
 //! - `read`: the read path with coalescing, lock, XFetch, stale-while-revalidate, negative cache.
 //! - `store`: PostgreSQL reads and the write transaction (change + outbox row).
 //! - `relay`: the single-leader outbox relay to Kafka (why single-leader: see its module doc).
@@ -53,7 +54,6 @@ pub mod openapi;
 pub mod problem;
 mod store;
 
-mod cache;
 mod client;
 mod read;
 mod relay;
@@ -70,12 +70,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-pub use cache::CacheError;
 pub use client::{ForwardingHeader, ForwardingHeaderError, TrustedProxies, TrustedProxiesError};
 pub use config::Config;
 pub use connect::ConnectError;
 pub use metrics::Metrics;
 pub use routes::BODY_LIMIT;
+pub use statecast_cache::Error as CacheError;
 
 /// Why the API could not start (or stopped serving). The start-up variants name the setting,
 /// its value with credentials masked, and what to do.
@@ -89,7 +89,7 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The Redis URL is invalid.
     #[error("cannot set up the Redis client: {0}")]
-    Cache(#[from] cache::CacheError),
+    Cache(#[from] statecast_cache::Error),
     /// Redis's TLS certificate does not verify; the message names the variable to check.
     #[error("{0}")]
     Connect(#[from] connect::ConnectError),
@@ -120,7 +120,7 @@ pub(crate) struct AppState {
     /// Validated from `config.kafka` at start; applied to every producer the relay creates.
     pub(crate) kafka: statecast_kafka::KafkaSecurity,
     pub(crate) pool: PgPool,
-    pub(crate) cache: cache::Cache,
+    pub(crate) cache: statecast_cache::Cache,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) inflight: read::Inflight,
     pub(crate) auth: Arc<auth::Auth>,
@@ -221,7 +221,7 @@ pub async fn build(config: Config) -> Result<App> {
     let kafka = statecast_kafka::KafkaSecurity::from_args(&config.kafka)?;
     tracing::info!(kafka = ?kafka, "Kafka client settings");
     let auth = Arc::new(auth::Auth::new(&config.auth_settings())?);
-    let ttls = cache::CacheTtls {
+    let ttls = statecast_cache::Ttls {
         ttl: config.cache_ttl(),
         grace: config.stale_grace(),
         negative: config.negative_ttl(),
@@ -233,7 +233,7 @@ pub async fn build(config: Config) -> Result<App> {
     // Redis being down only degrades the API, but a TLS certificate that does not verify is a
     // configuration error: find out now and refuse to start, naming REDIS_URL / REDIS_CA_FILE.
     connect::check_redis_tls(&redis, config.redis_timeout().max(Duration::from_secs(1))).await?;
-    let cache = cache::Cache::new(redis, config.redis_timeout(), ttls)?;
+    let cache = statecast_cache::Cache::lazy(redis, config.redis_timeout(), ttls)?;
     let pool = connect(&config).await?;
     migrate(&pool).await?;
     Ok(App {

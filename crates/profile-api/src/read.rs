@@ -4,7 +4,7 @@
 //! 2. a short Redis lock (`SET NX PX`) so one replica loads while the others poll the cache for
 //!    as long as the lock lives (then one of them takes the lock over), serving what the cache
 //!    holds as soon as it is servable;
-//! 3. XFetch probabilistic early refresh (see [`crate::cache::xfetch_due`]);
+//! 3. XFetch probabilistic early refresh (see [`statecast_cache::xfetch_due`]);
 //! 4. stale-while-revalidate: past its soft expiry an entry is served as `stale` for a grace
 //!    period while one background refresh runs;
 //! 5. negative entries for unknown ids (superseded by a write's invalidation).
@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use statecast_cache::{Kind, now_ms, xfetch_due};
 use tracing::Instrument;
 
 use crate::AppState;
-use crate::cache::{Kind, now_ms, xfetch_due};
 use crate::metrics::CacheResult;
 use crate::store::{self, Loaded, StoreError};
 
@@ -126,14 +126,14 @@ pub(crate) async fn get(state: &Arc<AppState>, id: &str) -> Result<Read, StoreEr
                     CacheResult::Negative
                 };
                 Read {
-                    loaded: entry.loaded(),
+                    loaded: Loaded::from(&entry),
                     result,
                 }
             }
             Kind::Profile => {
                 refresh_in_background(state, id);
                 Read {
-                    loaded: entry.loaded(),
+                    loaded: Loaded::from(&entry),
                     result: CacheResult::Stale,
                 }
             }
@@ -239,13 +239,16 @@ async fn lead(state: &Arc<AppState>, id: &str, mode: Mode) -> Result<Option<Load
             && entry.is_fresh(now_ms())
         {
             let _ = state.cache.unlock(id, &token).await;
-            return Ok(Some(entry.loaded()));
+            return Ok(Some(Loaded::from(&entry)));
         }
     }
     let started = Instant::now();
     let loaded = db_load(state, id).await;
     if let Ok(loaded) = &loaded
-        && let Err(error) = state.cache.fill(id, loaded, started).await
+        && let Err(error) = state
+            .cache
+            .fill(id, loaded.profile.clone(), loaded.version, started)
+            .await
     {
         tracing::debug!(%error, "cache fill failed");
     }
@@ -274,7 +277,7 @@ async fn wait_for_fill(state: &Arc<AppState>, id: &str, give_up: Instant) -> Wai
         if let Ok(Some(entry)) = state.cache.get(id).await
             && entry.is_servable(now_ms())
         {
-            return Waited::Filled(entry.loaded());
+            return Waited::Filled(Loaded::from(&entry));
         }
         if Instant::now() >= give_up {
             return Waited::GaveUp;
