@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use statecast_cache::{Kind, now_ms, xfetch_due};
+use statecast_cache::{Kind, Tier, now_ms, xfetch_due};
 use tracing::Instrument;
 
 use crate::AppState;
@@ -81,19 +81,24 @@ enum Mode {
 pub(crate) struct Read {
     pub(crate) loaded: Loaded,
     pub(crate) result: CacheResult,
+    /// The cache tier whose entry answered (`None`: loaded from PostgreSQL).
+    pub(crate) tier: Option<Tier>,
 }
 
 /// Reads profile `id` through the cache.
 #[tracing::instrument(name = "read profile", skip(state))]
 pub(crate) async fn get(state: &Arc<AppState>, id: &str) -> Result<Read, StoreError> {
     let now = now_ms();
-    // `None`: skip Redis (an invalidation of this id has not reached it yet).
+    // `None`: skip the cache (an invalidation of this id has not reached Redis yet).
     let cached = if state.is_dirty(id) {
         None
     } else {
-        Some(state.cache.get(id).await)
+        Some(match &state.near {
+            Some(near) => state.cache.get_through(near, id).await,
+            None => state.cache.get(id).await.map(|entry| (entry, Tier::Redis)),
+        })
     };
-    let read = match cached {
+    let mut read = match cached {
         None | Some(Err(_)) => {
             if let Some(Err(error)) = &cached {
                 tracing::debug!(%error, "cache unavailable, bypassing");
@@ -102,10 +107,11 @@ pub(crate) async fn get(state: &Arc<AppState>, id: &str) -> Result<Read, StoreEr
             Read {
                 loaded,
                 result: CacheResult::Bypass,
+                tier: None,
             }
         }
-        Some(Ok(None)) => miss(state, id, 0).await?,
-        Some(Ok(Some(entry))) => match entry.k {
+        Some(Ok((None, _))) => miss(state, id, 0).await?,
+        Some(Ok((Some(entry), tier))) => match entry.k {
             Kind::Invalidated => miss(state, id, entry.v).await?,
             Kind::Profile | Kind::Negative if entry.is_fresh(now) => {
                 let r = 1.0 - rand::random::<f64>();
@@ -128,6 +134,7 @@ pub(crate) async fn get(state: &Arc<AppState>, id: &str) -> Result<Read, StoreEr
                 Read {
                     loaded: Loaded::from(&entry),
                     result,
+                    tier: Some(tier),
                 }
             }
             Kind::Profile => {
@@ -135,12 +142,26 @@ pub(crate) async fn get(state: &Arc<AppState>, id: &str) -> Result<Read, StoreEr
                 Read {
                     loaded: Loaded::from(&entry),
                     result: CacheResult::Stale,
+                    tier: Some(tier),
                 }
             }
             Kind::Negative => miss(state, id, entry.v).await?,
         },
     };
-    state.metrics.cache_lookup(read.result);
+    if let Some(near) = &state.near {
+        // Never older than what this replica served already: an older answer (a coalesced load
+        // that began before, an entry older than the mark) is read again from PostgreSQL.
+        if read.loaded.version < near.high_water(id) {
+            near.invalidate(id);
+            read = Read {
+                loaded: db_load(state, id).await?,
+                result: CacheResult::Miss,
+                tier: None,
+            };
+        }
+        near.observe(id, read.loaded.version);
+    }
+    state.metrics.cache_lookup(read.result, read.tier);
     Ok(read)
 }
 
@@ -154,6 +175,7 @@ async fn miss(state: &Arc<AppState>, id: &str, min_version: i64) -> Result<Read,
     Ok(Read {
         loaded,
         result: CacheResult::Miss,
+        tier: None,
     })
 }
 

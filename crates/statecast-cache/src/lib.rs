@@ -1,5 +1,5 @@
 //! The profile cache, in one place: what the Profile API reads and fills and the
-//! `cache-refresh` consumer writes. Both sides use this crate, so the entry format, the version
+//! `cache-refresh` consumer writes, and the API's near cache in front of it. Both sides use this crate, so the entry format, the version
 //! rules and the scripts cannot drift apart.
 //!
 //! Versions never go backwards in the cache: every write goes through one compare-and-set
@@ -15,13 +15,18 @@
 //! - `remote`: [`Cache`], the Redis operations (get, put, fill, invalidate, refresh, fill
 //!   lock, ping) with an optional per-command timeout, and [`Ttls`] / [`Put`], what each write
 //!   writes.
+//! - [`near`]: [`NearCache`], the bounded in-process tier of each API replica in front of Redis,
+//!   kept coherent by RESP3 server-assisted client-side caching (`CLIENT TRACKING` broadcast
+//!   invalidations on a dedicated connection); its module doc states its four rules.
 //! - [`Error`]: the one error enum.
 
 pub mod entry;
+pub mod near;
 mod remote;
 pub mod script;
 
 pub use entry::{Entry, Kind, Profile, jittered, key, lock_key, now_ms, xfetch_due};
+pub use near::{NearCache, NearConfig, Tier};
 pub use remote::{Cache, Put, Ttls};
 pub use script::{OnEqual, Written};
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 
 use crate::entry::{Entry, Profile, after, jittered, key, lock_key, millis, now_ms};
+use crate::near::{NearCache, Tier};
 use crate::script::{CAS, OnEqual, UNLOCK, Written};
 use crate::{Error, Result};
 
@@ -178,6 +179,20 @@ impl Cache {
             Some(raw) => Some(Entry::from_json(&raw)?),
             None => None,
         })
+    }
+
+    /// The entry of `id` through `near`: from the near cache if it holds a servable one, else
+    /// from Redis, kept in the near cache unless an invalidation could have overtaken the read.
+    pub async fn get_through(&self, near: &NearCache, id: &str) -> Result<(Option<Entry>, Tier)> {
+        if let Some(entry) = near.get(id, now_ms()) {
+            return Ok((Some(entry), Tier::Near));
+        }
+        let ticket = near.ticket(id);
+        let entry = self.get(id).await?;
+        if let Some(entry) = &entry {
+            near.offer(id, entry, ticket, now_ms());
+        }
+        Ok((entry, Tier::Redis))
     }
 
     /// Writes `put` for `id` through the version compare-and-set.
