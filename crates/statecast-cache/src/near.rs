@@ -118,6 +118,10 @@ struct Inner {
     current: Mutex<u64>,
     /// Invalidation pushes handled.
     invalidations: AtomicU64,
+    /// Wakes the tracking task when its connection is lost (it then reconnects at once rather
+    /// than at its next health check). Shared with the task, which holds no strong reference
+    /// to the rest while it waits, so dropping the near cache ends it.
+    wake: Arc<tokio::sync::Notify>,
     /// Test seam: pushes held back while `Some` (see [`NearCache::hold_invalidations`]).
     held: Mutex<Option<Vec<(u64, PushInfo)>>>,
 }
@@ -149,6 +153,7 @@ impl NearCache {
                 client_id: AtomicI64::new(0),
                 current: Mutex::new(0),
                 invalidations: AtomicU64::new(0),
+                wake: Arc::new(tokio::sync::Notify::new()),
                 held: Mutex::new(None),
             }),
         }
@@ -377,6 +382,8 @@ impl Inner {
                 "near cache: tracking lost; flushed and bypassed until it is back"
             );
         }
+        // A stale permit only costs the task one early health check.
+        self.wake.notify_one();
     }
 
     /// A push from connection `attempt`: applied now, unless invalidations are held.
@@ -428,6 +435,10 @@ fn key_id(key: &Value) -> Option<String> {
 
 async fn track(weak: Weak<Inner>, client: redis::Client) {
     let mut backoff = Duration::from_millis(50);
+    let wake = match weak.upgrade() {
+        Some(inner) => inner.wake.clone(),
+        None => return,
+    };
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let interval = inner.config.health_interval;
@@ -456,7 +467,10 @@ async fn track(weak: Weak<Inner>, client: redis::Client) {
                 drop(inner);
                 backoff = Duration::from_millis(50);
                 loop {
-                    tokio::time::sleep(interval).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(interval) => {}
+                        () = wake.notified() => {}
+                    }
                     let Some(inner) = weak.upgrade() else { return };
                     if !inner.tracking.load(Ordering::SeqCst) {
                         break;
