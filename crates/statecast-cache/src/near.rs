@@ -270,6 +270,10 @@ impl NearCache {
 
     /// Records that `version` of `id` was served (the high-water mark only rises).
     pub fn observe(&self, id: &str, version: i64) {
+        // The common case (a read at the mark) takes no key lock and allocates nothing.
+        if self.high_water(id) >= version {
+            return;
+        }
         self.inner
             .high_water
             .entry(id.to_owned())
