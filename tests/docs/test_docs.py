@@ -50,7 +50,7 @@ def test_the_extractors_find_the_settings_they_must():
     for name in ["OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                  "RUST_LOG", "LOG_FORMAT", "OTEL_SDK_DISABLED", "HOSTNAME", "KAFKA_PROPERTY_*"]:
         assert name in ENV, name
-    # Test-only reads (REDIS_URL in cache.rs's tests, CARGO_MANIFEST_DIR) are not the binaries'.
+    # Test-only reads (REDIS_URL in the cache tests, CARGO_MANIFEST_DIR) are not the binaries'.
     assert "CARGO_MANIFEST_DIR" not in ENV
 
 

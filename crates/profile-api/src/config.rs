@@ -57,6 +57,16 @@ pub struct Config {
     /// Time limit of a single Redis command; a dead Redis costs at most this per request.
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 200)]
     pub redis_timeout_ms: u64,
+    /// The near cache: a bounded in-process copy of Redis entries, kept coherent by Redis's
+    /// invalidation pushes (`CLIENT TRACKING`, RESP3). `false`: every read asks Redis.
+    #[arg(long, env = "NEAR_CACHE_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub near_cache_enabled: bool,
+    /// Most entries the near cache holds (the least used go first).
+    #[arg(long, env = "NEAR_CACHE_MAX_ENTRIES", default_value_t = 50_000)]
+    pub near_cache_max_entries: u64,
+    /// Most bytes (estimated) of near-cache entries.
+    #[arg(long, env = "NEAR_CACHE_MAX_BYTES", default_value_t = 16_777_216)]
+    pub near_cache_max_bytes: u64,
     /// Whole-request time limit (503 problem when exceeded).
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
@@ -135,6 +145,9 @@ impl Config {
             // Not the 200 ms default: tests that expect `x-cache: hit` run beside the whole suite
             // on two cores, where a Redis answer can take longer and the read would bypass.
             redis_timeout_ms: 2000,
+            near_cache_enabled: true,
+            near_cache_max_entries: 50_000,
+            near_cache_max_bytes: 16_777_216,
             request_timeout_ms: 10_000,
             db_pool_size: 10,
             db_acquire_timeout_ms: 1000,

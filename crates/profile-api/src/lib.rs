@@ -17,7 +17,8 @@
 //! - [`problem`]: [`problem::ApiError`], the one error enum, as RFC 9457 problem+json.
 //! - [`model`]: [`model::Profile`] and [`model::ProfileInput`], the JSON shapes.
 //! - `validate`: pure input checks (ids, fields, merge patch, ETags).
-//! - `cache`: Redis entries, compare-and-set fills/invalidations (Lua), fill lock, XFetch, jitter.
+//! - the cache itself, the near cache of each replica included (Redis entries, compare-and-set fills/invalidations in Lua, the fill lock,
+//!   XFetch, jitter) is the `statecast-cache` crate's, shared with the `cache-refresh` consumer.
 //! - `read`: the read path with coalescing, lock, XFetch, stale-while-revalidate, negative cache.
 //! - `store`: PostgreSQL reads and the write transaction (change + outbox row).
 //! - [`relay`]: the single-leader outbox relay to Kafka (why single-leader: see its module doc);
@@ -54,7 +55,6 @@ pub mod openapi;
 pub mod problem;
 mod store;
 
-mod cache;
 mod client;
 mod read;
 pub mod relay;
@@ -71,12 +71,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-pub use cache::CacheError;
 pub use client::{ForwardingHeader, ForwardingHeaderError, TrustedProxies, TrustedProxiesError};
 pub use config::Config;
 pub use connect::ConnectError;
 pub use metrics::Metrics;
 pub use routes::BODY_LIMIT;
+pub use statecast_cache::Error as CacheError;
 
 /// Why the API could not start (or stopped serving). The start-up variants name the setting,
 /// its value with credentials masked, and what to do.
@@ -90,7 +90,7 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The Redis URL is invalid.
     #[error("cannot set up the Redis client: {0}")]
-    Cache(#[from] cache::CacheError),
+    Cache(#[from] statecast_cache::Error),
     /// Redis's TLS certificate does not verify; the message names the variable to check.
     #[error("{0}")]
     Connect(#[from] connect::ConnectError),
@@ -121,7 +121,9 @@ pub(crate) struct AppState {
     /// Validated from `config.kafka` at start; applied to every producer the relay creates.
     pub(crate) kafka: statecast_kafka::KafkaSecurity,
     pub(crate) pool: PgPool,
-    pub(crate) cache: cache::Cache,
+    pub(crate) cache: statecast_cache::Cache,
+    /// This replica's near cache in front of Redis (`None`: `NEAR_CACHE_ENABLED=false`).
+    pub(crate) near: Option<statecast_cache::NearCache>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) inflight: read::Inflight,
     pub(crate) auth: Arc<auth::Auth>,
@@ -147,6 +149,12 @@ impl AppState {
         let finish = async move {
             let version = prepared.version();
             let committed = prepared.commit().await;
+            if committed.is_ok()
+                && let Some(near) = &state.near
+            {
+                // This replica answers this version from now on; nothing older.
+                near.observe(&id, version);
+            }
             // A failed commit may still have committed (the connection broke after sending
             // it): invalidating a version that never landed only costs a few cache misses.
             state.after_write(&id, version).await;
@@ -163,6 +171,10 @@ impl AppState {
     /// invalidation is retried in the background until it lands or the old entry has expired.
     pub(crate) async fn after_write(self: &Arc<Self>, id: &str, version: i64) {
         self.inflight.forget(id);
+        // Read-your-writes without waiting for Redis's push: the near entry goes first.
+        if let Some(near) = &self.near {
+            near.invalidate(id);
+        }
         if let Err(error) = self.cache.invalidate(id, version).await {
             tracing::warn!(%error, id, version, "cache invalidation failed; retrying in background");
             if let Ok(mut dirty) = self.dirty.lock() {
@@ -207,6 +219,10 @@ pub struct App {
     state: Arc<AppState>,
 }
 
+/// How often the near cache's tracking connection is checked with `PING` (a silently dead
+/// connection could miss invalidations; a closed one is noticed at once).
+const NEAR_CACHE_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Runs the migrations of this crate (versions 1xxxx), ignoring other crates' rows in the shared
 /// `_sqlx_migrations` table.
 pub async fn migrate(pool: &PgPool) -> Result<()> {
@@ -222,7 +238,7 @@ pub async fn build(config: Config) -> Result<App> {
     let kafka = statecast_kafka::KafkaSecurity::from_args(&config.kafka)?;
     tracing::info!(kafka = ?kafka, "Kafka client settings");
     let auth = Arc::new(auth::Auth::new(&config.auth_settings())?);
-    let ttls = cache::CacheTtls {
+    let ttls = statecast_cache::Ttls {
         ttl: config.cache_ttl(),
         grace: config.stale_grace(),
         negative: config.negative_ttl(),
@@ -234,7 +250,18 @@ pub async fn build(config: Config) -> Result<App> {
     // Redis being down only degrades the API, but a TLS certificate that does not verify is a
     // configuration error: find out now and refuse to start, naming REDIS_URL / REDIS_CA_FILE.
     connect::check_redis_tls(&redis, config.redis_timeout().max(Duration::from_secs(1))).await?;
-    let cache = cache::Cache::new(redis, config.redis_timeout(), ttls)?;
+    let near = config.near_cache_enabled.then(|| {
+        let near = statecast_cache::NearCache::new(statecast_cache::NearConfig {
+            max_entries: config.near_cache_max_entries,
+            max_bytes: config.near_cache_max_bytes,
+            grace: config.stale_grace(),
+            health_interval: NEAR_CACHE_HEALTH_INTERVAL,
+        });
+        // Bypassed until its tracking connection is up; the task ends with the near cache.
+        near.spawn_tracking(&redis);
+        near
+    });
+    let cache = statecast_cache::Cache::lazy(redis, config.redis_timeout(), ttls)?;
     let pool = connect(&config).await?;
     migrate(&pool).await?;
     Ok(App {
@@ -243,6 +270,7 @@ pub async fn build(config: Config) -> Result<App> {
             kafka,
             pool,
             cache,
+            near,
             metrics: Arc::new(Metrics::new()),
             inflight: read::Inflight::default(),
             auth,
@@ -306,5 +334,11 @@ impl App {
     /// The configuration in use.
     pub fn config(&self) -> &Config {
         &self.state.config
+    }
+
+    /// This replica's near cache, if enabled (tests and diagnostics: its tracking connection's
+    /// client id, its size).
+    pub fn near_cache(&self) -> Option<&statecast_cache::NearCache> {
+        self.state.near.as_ref()
     }
 }

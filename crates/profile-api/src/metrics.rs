@@ -1,5 +1,5 @@
-//! Prometheus metrics (names are part of the contract): cache results, database loads, HTTP
-//! traffic and the outbox. Rendered in the text format at `/metrics`.
+//! Prometheus metrics (names are part of the contract): cache results by tier, the near cache,
+//! database loads, HTTP traffic and the outbox. Rendered in the text format at `/metrics`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -37,8 +37,10 @@ impl CacheResult {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ResultLabel {
+struct LookupLabels {
     result: String,
+    /// `near`, `redis`, or `none` (answered from PostgreSQL).
+    tier: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -56,7 +58,10 @@ struct RouteLabel {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    cache_lookups: Family<ResultLabel, Counter>,
+    cache_lookups: Family<LookupLabels, Counter>,
+    near_cache_entries: Gauge,
+    near_cache_bytes: Gauge,
+    near_cache_tracking: Gauge,
     db_loads: Counter,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: HistogramFamily,
@@ -75,11 +80,29 @@ impl Metrics {
     /// Registers every metric in a fresh registry.
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let cache_lookups = Family::<ResultLabel, Counter>::default();
+        let cache_lookups = Family::<LookupLabels, Counter>::default();
         registry.register(
             "profile_cache_lookups",
-            "Profile reads by how they were answered",
+            "Profile reads by how they were answered and which cache tier answered",
             cache_lookups.clone(),
+        );
+        let near_cache_entries = Gauge::default();
+        registry.register(
+            "profile_near_cache_entries",
+            "Entries in this replica's near cache",
+            near_cache_entries.clone(),
+        );
+        let near_cache_bytes = Gauge::default();
+        registry.register(
+            "profile_near_cache_bytes",
+            "Estimated bytes of this replica's near-cache entries",
+            near_cache_bytes.clone(),
+        );
+        let near_cache_tracking = Gauge::default();
+        registry.register(
+            "profile_near_cache_tracking",
+            "1 while the near cache's invalidation tracking connection is up (else it is bypassed)",
+            near_cache_tracking.clone(),
         );
         let db_loads = Counter::default();
         registry.register(
@@ -120,6 +143,9 @@ impl Metrics {
         Self {
             registry,
             cache_lookups,
+            near_cache_entries,
+            near_cache_bytes,
+            near_cache_tracking,
             db_loads,
             http_requests,
             http_duration,
@@ -129,13 +155,24 @@ impl Metrics {
         }
     }
 
-    /// Counts one profile read.
-    pub fn cache_lookup(&self, result: CacheResult) {
+    /// Counts one profile read, by the tier whose entry answered (`None`: PostgreSQL).
+    pub fn cache_lookup(&self, result: CacheResult, tier: Option<statecast_cache::Tier>) {
         self.cache_lookups
-            .get_or_create(&ResultLabel {
+            .get_or_create(&LookupLabels {
                 result: result.as_str().to_owned(),
+                tier: tier
+                    .map_or("none", statecast_cache::Tier::as_str)
+                    .to_owned(),
             })
             .inc();
+    }
+
+    /// Sets the near-cache gauges (at each scrape).
+    pub fn set_near_cache(&self, near: &statecast_cache::NearCache) {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.near_cache_entries.set(gauge(near.entry_count()));
+        self.near_cache_bytes.set(gauge(near.weighted_size()));
+        self.near_cache_tracking.set(i64::from(near.is_tracking()));
     }
 
     /// Counts one PostgreSQL load on the read path.

@@ -4,7 +4,7 @@
 //! 2. a short Redis lock (`SET NX PX`) so one replica loads while the others poll the cache for
 //!    as long as the lock lives (then one of them takes the lock over), serving what the cache
 //!    holds as soon as it is servable;
-//! 3. XFetch probabilistic early refresh (see [`crate::cache::xfetch_due`]);
+//! 3. XFetch probabilistic early refresh (see [`statecast_cache::xfetch_due`]);
 //! 4. stale-while-revalidate: past its soft expiry an entry is served as `stale` for a grace
 //!    period while one background refresh runs;
 //! 5. negative entries for unknown ids (superseded by a write's invalidation).
@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use statecast_cache::{Kind, Tier, now_ms, xfetch_due};
 use tracing::Instrument;
 
 use crate::AppState;
-use crate::cache::{Kind, now_ms, xfetch_due};
 use crate::metrics::CacheResult;
 use crate::store::{self, Loaded, StoreError};
 
@@ -81,19 +81,24 @@ enum Mode {
 pub(crate) struct Read {
     pub(crate) loaded: Loaded,
     pub(crate) result: CacheResult,
+    /// The cache tier whose entry answered (`None`: loaded from PostgreSQL).
+    pub(crate) tier: Option<Tier>,
 }
 
 /// Reads profile `id` through the cache.
 #[tracing::instrument(name = "read profile", skip(state))]
 pub(crate) async fn get(state: &Arc<AppState>, id: &str) -> Result<Read, StoreError> {
     let now = now_ms();
-    // `None`: skip Redis (an invalidation of this id has not reached it yet).
+    // `None`: skip the cache (an invalidation of this id has not reached Redis yet).
     let cached = if state.is_dirty(id) {
         None
     } else {
-        Some(state.cache.get(id).await)
+        Some(match &state.near {
+            Some(near) => state.cache.get_through(near, id).await,
+            None => state.cache.get(id).await.map(|entry| (entry, Tier::Redis)),
+        })
     };
-    let read = match cached {
+    let mut read = match cached {
         None | Some(Err(_)) => {
             if let Some(Err(error)) = &cached {
                 tracing::debug!(%error, "cache unavailable, bypassing");
@@ -102,10 +107,11 @@ pub(crate) async fn get(state: &Arc<AppState>, id: &str) -> Result<Read, StoreEr
             Read {
                 loaded,
                 result: CacheResult::Bypass,
+                tier: None,
             }
         }
-        Some(Ok(None)) => miss(state, id, 0).await?,
-        Some(Ok(Some(entry))) => match entry.k {
+        Some(Ok((None, _))) => miss(state, id, 0).await?,
+        Some(Ok((Some(entry), tier))) => match entry.k {
             Kind::Invalidated => miss(state, id, entry.v).await?,
             Kind::Profile | Kind::Negative if entry.is_fresh(now) => {
                 let r = 1.0 - rand::random::<f64>();
@@ -126,21 +132,36 @@ pub(crate) async fn get(state: &Arc<AppState>, id: &str) -> Result<Read, StoreEr
                     CacheResult::Negative
                 };
                 Read {
-                    loaded: entry.loaded(),
+                    loaded: Loaded::from(&entry),
                     result,
+                    tier: Some(tier),
                 }
             }
             Kind::Profile => {
                 refresh_in_background(state, id);
                 Read {
-                    loaded: entry.loaded(),
+                    loaded: Loaded::from(&entry),
                     result: CacheResult::Stale,
+                    tier: Some(tier),
                 }
             }
             Kind::Negative => miss(state, id, entry.v).await?,
         },
     };
-    state.metrics.cache_lookup(read.result);
+    if let Some(near) = &state.near {
+        // Never older than what this replica served already: an older answer (a coalesced load
+        // that began before, an entry older than the mark) is read again from PostgreSQL.
+        if read.loaded.version < near.high_water(id) {
+            near.invalidate(id);
+            read = Read {
+                loaded: db_load(state, id).await?,
+                result: CacheResult::Miss,
+                tier: None,
+            };
+        }
+        near.observe(id, read.loaded.version);
+    }
+    state.metrics.cache_lookup(read.result, read.tier);
     Ok(read)
 }
 
@@ -154,6 +175,7 @@ async fn miss(state: &Arc<AppState>, id: &str, min_version: i64) -> Result<Read,
     Ok(Read {
         loaded,
         result: CacheResult::Miss,
+        tier: None,
     })
 }
 
@@ -239,13 +261,16 @@ async fn lead(state: &Arc<AppState>, id: &str, mode: Mode) -> Result<Option<Load
             && entry.is_fresh(now_ms())
         {
             let _ = state.cache.unlock(id, &token).await;
-            return Ok(Some(entry.loaded()));
+            return Ok(Some(Loaded::from(&entry)));
         }
     }
     let started = Instant::now();
     let loaded = db_load(state, id).await;
     if let Ok(loaded) = &loaded
-        && let Err(error) = state.cache.fill(id, loaded, started).await
+        && let Err(error) = state
+            .cache
+            .fill(id, loaded.profile.clone(), loaded.version, started)
+            .await
     {
         tracing::debug!(%error, "cache fill failed");
     }
@@ -274,7 +299,7 @@ async fn wait_for_fill(state: &Arc<AppState>, id: &str, give_up: Instant) -> Wai
         if let Ok(Some(entry)) = state.cache.get(id).await
             && entry.is_servable(now_ms())
         {
-            return Waited::Filled(entry.loaded());
+            return Waited::Filled(Loaded::from(&entry));
         }
         if Instant::now() >= give_up {
             return Waited::GaveUp;

@@ -349,6 +349,9 @@ async fn kafka_reachable(brokers: &str) -> bool {
     (status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text"),
 ))]
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(near) = &state.near {
+        state.metrics.set_near_cache(near);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -79,6 +79,16 @@ pub(crate) struct Loaded {
     pub(crate) version: i64,
 }
 
+impl From<&statecast_cache::Entry> for Loaded {
+    /// The read result a cache entry stands for.
+    fn from(entry: &statecast_cache::Entry) -> Self {
+        Self {
+            profile: entry.p.clone(),
+            version: entry.v,
+        }
+    }
+}
+
 /// A requested change.
 #[derive(Debug, Clone)]
 pub(crate) enum Change {
@@ -203,12 +213,11 @@ pub(crate) async fn prepare(
         (Change::Put(input), Some(_)) => (Some(input), EventType::UserUpdated),
         (Change::Put(input), None) => (Some(input), EventType::UserCreated),
         (Change::Patch(patch), Some(profile)) => {
-            let input = validate::apply_merge_patch(&profile.input_json(), &patch).map_err(
-                |e| match e {
+            let input = validate::apply_merge_patch(&crate::model::input_json(profile), &patch)
+                .map_err(|e| match e {
                     ApiError::Validation(errors) => StoreError::Rejected(errors),
                     other => StoreError::Internal(other.to_string()),
-                },
-            )?;
+                })?;
             (Some(input), EventType::UserUpdated)
         }
         (Change::Delete, Some(_)) => (None, EventType::UserDeleted),

@@ -7,7 +7,7 @@
 //! - [`audit`]: append-only `audit_log` (PostgreSQL).
 //! - [`analytics`]: per-country and per-day aggregates (PostgreSQL).
 //! - [`email`]: "your profile changed" mails (SMTP; PostgreSQL outbox for dedup).
-//! - [`cache_refresh`]: `profile:{id}` in Redis, version-compared in a Lua script.
+//! - [`cache_refresh`]: `profile:{id}` in Redis, version-compared by `statecast-cache`.
 
 pub mod analytics;
 pub mod audit;
@@ -50,6 +50,9 @@ pub enum HandlerError {
     /// Redis failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// A cache operation failed (Redis, or a value that is not an entry).
+    #[error("{0}")]
+    Cache(#[from] statecast_cache::Error),
     /// The SMTP server failed or answered with an error.
     #[error("smtp: {0}")]
     Smtp(#[from] lettre::transport::smtp::Error),
@@ -81,7 +84,10 @@ impl HandlerError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Database(e) => classify_sqlx(e),
-            Self::Redis(e) => classify_redis(e),
+            Self::Redis(e) | Self::Cache(statecast_cache::Error::Redis(e)) => classify_redis(e),
+            Self::Cache(statecast_cache::Error::Timeout) => ErrorClass::Transient,
+            // A cached value that cannot be decoded, or an entry that cannot be encoded.
+            Self::Cache(statecast_cache::Error::Decode(_)) => ErrorClass::Permanent,
             Self::Smtp(e) if e.is_permanent() => ErrorClass::Permanent,
             // 4xx, and everything below a reply: connection, TLS, timeout, shutdown.
             Self::Smtp(_) | Self::SmtpConnect(_) => ErrorClass::Transient,
@@ -93,7 +99,7 @@ impl HandlerError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Database(_) => "database",
-            Self::Redis(_) => "redis",
+            Self::Redis(_) | Self::Cache(_) => "redis",
             Self::Smtp(_) | Self::SmtpConnect(_) => "smtp",
             Self::Rejected(_) => "rejected",
         }
@@ -302,5 +308,13 @@ mod tests {
         );
         let script: redis::RedisError = (redis::ErrorKind::Client, "misuse").into();
         assert_eq!(HandlerError::Redis(script).class(), ErrorClass::Permanent);
+        // Through the cache crate: the same classes, and the same `redis` label.
+        let cache = HandlerError::Cache(statecast_cache::Error::Redis(io().into()));
+        assert_eq!(
+            (cache.class(), cache.kind()),
+            (ErrorClass::Transient, "redis")
+        );
+        let timeout = HandlerError::Cache(statecast_cache::Error::Timeout);
+        assert_eq!(timeout.class(), ErrorClass::Transient);
     }
 }
