@@ -5,6 +5,7 @@ self-tests), so none of them can pass by finding nothing.
 
 Run by `scripts/docs-check` (a step of `make test`).
 """
+import pathlib
 import re
 
 import pytest
@@ -309,3 +310,45 @@ def test_wrong_ports_and_prerequisites_fail():
     assert checks.check_ports_table(ops.replace("| 8080 | Profile API", "| 8081 | Profile API"), ARGS, ROOT)
     assert checks.check_prerequisites(re.sub(r"below\s+12 GB", "below 5 GB", readme), ROOT)
     assert checks.check_prerequisites(readme.replace("Rust ≥ 1.89", "Rust ≥ 1.80"), ROOT)
+
+
+# --- "nothing of ours deletes topics" (README, tansu deviations) ------------------------------
+
+# tansu 0.6.0 freezes for minutes while it deletes a topic from a large log, answering nothing:
+# the README promises that no code, test or script of ours sends DeleteTopics to a broker.
+TOPIC_DELETION = re.compile(r"\bdelete_topics\s*\(|\btopic\s+delete\b|kafka-topics[^\n]*--delete")
+
+
+def topic_deletions(files) -> list:
+    found = []
+    for path in files:
+        name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if TOPIC_DELETION.search(line):
+                found.append(f"{name}:{number}: {line.strip()}")
+    return found
+
+
+def sources():
+    here = pathlib.Path(__file__).resolve()
+    for folder in ["crates", "tests", "scripts", "charts"]:
+        for path in (ROOT / folder).rglob("*"):
+            if path.is_file() and path.suffix in {".rs", ".py", ".sh", ".yaml", ".tpl", ""}:
+                if path.resolve() != here:
+                    yield path
+
+
+def test_nothing_deletes_topics_on_a_broker():
+    files = list(sources())
+    assert len(files) > 100, "the scan found too few files to mean anything"
+    report(topic_deletions(files))
+
+
+def test_a_topic_deletion_is_found(tmp_path):
+    rs = tmp_path / "cleanup.rs"
+    rs.write_text("admin.delete_topics(&names, &options).await?;\n")
+    sh = tmp_path / "cleanup"
+    sh.write_text('"$bin" topic delete bench-1 --broker "$url"\n')
+    kept = tmp_path / "fine.rs"
+    kept.write_text("testkit::create_topic(&brokers, &topic, 6).await?;\n")
+    assert len(topic_deletions([rs, sh, kept])) == 2
