@@ -50,6 +50,10 @@ impl PrivateStack {
     }
 
     fn run(&self, verb: &str) -> Output {
+        self.run_with(verb, &[])
+    }
+
+    fn run_with(&self, verb: &str, extra: &[(&str, &str)]) -> Output {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack");
         let mut cmd = Command::new("bash");
         cmd.arg(script).arg(verb).env("STACK_DIR", &self.dir);
@@ -58,6 +62,7 @@ impl PrivateStack {
         for (name, port) in &self.ports {
             cmd.env(name, port.to_string());
         }
+        cmd.envs(extra.iter().copied());
         cmd.output().unwrap()
     }
 
@@ -207,4 +212,54 @@ async fn stack_up_starts_every_service_from_nothing_and_down_stops_them() {
             "{name} still listening after down"
         );
     }
+}
+
+/// Partitions of `user-events` on the broker at `brokers`.
+async fn user_events_partitions(brokers: String) -> usize {
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let metadata = consumer
+            .fetch_metadata(Some("user-events"), Duration::from_secs(10))
+            .unwrap();
+        metadata.topics()[0].partitions().len()
+    })
+    .await
+    .unwrap()
+}
+
+/// tansu's SQLite log slows down as it grows until consumer-group sessions time out; `up`
+/// starts the broker on an empty log past `KAFKA_LOG_MAX_MB`, whether it is down (a log left
+/// on disk) or running.
+#[tokio::test]
+async fn stack_up_starts_the_broker_on_an_empty_log_once_its_log_is_too_large() {
+    let stack = PrivateStack::new();
+    // A 2 MB "log" that is not SQLite at all: tansu would not start on it.
+    let log = stack.dir.join("kafka/tansu.db");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(&log, vec![0u8; 2 << 20]).unwrap();
+    let up = stack.run_with("up", &[("KAFKA_LOG_MAX_MB", "1")]);
+    assert!(up.status.success(), "up failed:\n{}", text(&up));
+    let said = String::from_utf8_lossy(&up.stderr);
+    assert!(said.contains("starting on an empty log"), "{said}");
+    let brokers = format!("127.0.0.1:{}", stack.port("KAFKA_PORT"));
+    assert_eq!(user_events_partitions(brokers.clone()).await, 6);
+
+    // Running, and over the limit (0 MB): stopped and started again on an empty log.
+    let again = stack.run_with("up", &[("KAFKA_LOG_MAX_MB", "0")]);
+    assert!(
+        again.status.success(),
+        "second up failed:\n{}",
+        text(&again)
+    );
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("restarting it on an empty log"), "{said}");
+    assert_eq!(user_events_partitions(brokers).await, 6);
+
+    // Under the limit: left as it is.
+    let kept = stack.run_with("up", &[("KAFKA_LOG_MAX_MB", "1000")]);
+    assert!(kept.status.success(), "third up failed:\n{}", text(&kept));
+    assert!(!String::from_utf8_lossy(&kept.stderr).contains("empty log"));
 }

@@ -1,6 +1,5 @@
 //! `kill -9` in the middle of a run loses nothing and duplicates nothing.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use statecast_events::EventType;
@@ -9,8 +8,36 @@ use crate::support;
 
 const EVENTS: i64 = 1000;
 
-fn spawn(topic: &str, group: &str, db: &str) -> (tokio::process::Child, std::net::SocketAddr) {
+/// Where consumer `name`'s log goes: printed by [`logs_on_failure`] if the test fails, so a
+/// stalled group (who was assigned what, rebalance errors) can be read afterwards.
+fn log_path(group: &str, name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{group}-{name}.log"))
+}
+
+/// Prints both consumers' logs when dropped during a panic; removes them otherwise.
+struct LogsOnFailure(Vec<std::path::PathBuf>);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            if std::thread::panicking() {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                eprintln!("--- {}\n{text}", path.display());
+            } else {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+fn spawn(
+    topic: &str,
+    group: &str,
+    db: &str,
+    name: &str,
+) -> (tokio::process::Child, std::net::SocketAddr) {
     let addr = support::free_addr();
+    let log = std::fs::File::create(log_path(group, name)).unwrap();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_profile-consumer"))
         .env("KAFKA_BROKERS", statecast_testkit::kafka_brokers())
         .env("KAFKA_GROUP_ID", group)
@@ -19,10 +46,10 @@ fn spawn(topic: &str, group: &str, db: &str) -> (tokio::process::Child, std::net
         .env("DATABASE_URL", db)
         .env("METRICS_ADDR", addr.to_string())
         .env("KAFKA_SESSION_TIMEOUT_MS", "6000")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,profile_consumer=info")
         .env("OTEL_SDK_DISABLED", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -34,6 +61,7 @@ async fn kill_9_in_the_middle_of_1000_events_then_restart_applies_each_exactly_o
     let db = statecast_testkit::fresh_database().await.unwrap();
     let topic = support::topic("crash", 2).await;
     let group = statecast_testkit::unique("crash");
+    let _logs = LogsOnFailure(vec![log_path(&group, "first"), log_path(&group, "second")]);
     let producer = support::producer();
     let sends = (0..EVENTS).map(|i| {
         let event = support::event(
@@ -58,7 +86,7 @@ async fn kill_9_in_the_middle_of_1000_events_then_restart_applies_each_exactly_o
             .unwrap_or(0)
     };
 
-    let (mut first, _) = spawn(&topic, &group, &db);
+    let (mut first, _) = spawn(&topic, &group, &db, "first");
     support::wait_until("first rows", Duration::from_secs(60), || async {
         rows(pool.clone()).await >= 1
     })
@@ -79,7 +107,7 @@ async fn kill_9_in_the_middle_of_1000_events_then_restart_applies_each_exactly_o
     );
 
     let restarted_at = Instant::now();
-    let (mut second, second_addr) = spawn(&topic, &group, &db);
+    let (mut second, second_addr) = spawn(&topic, &group, &db, "second");
     support::wait_until("1000 rows", Duration::from_secs(90), || async {
         rows(pool.clone()).await >= EVENTS
     })
@@ -136,9 +164,11 @@ async fn the_idle_survivor_takes_every_partition_after_the_members_holding_them_
     let db = statecast_testkit::fresh_database().await.unwrap();
     let topic = support::topic("survivor", 2).await;
     let group = statecast_testkit::unique("survivor");
+    let names = ["member-0", "member-1", "member-2"];
+    let _logs = LogsOnFailure(names.iter().map(|n| log_path(&group, n)).collect());
     let mut members = Vec::new();
-    for _ in 0..3 {
-        let (child, addr) = spawn(&topic, &group, &db);
+    for name in names {
+        let (child, addr) = spawn(&topic, &group, &db, name);
         support::wait_until("member ready", Duration::from_secs(60), || async move {
             support::http_get(addr, "/readyz")
                 .await
