@@ -172,19 +172,7 @@ async fn stack_up_starts_every_service_from_nothing_and_down_stops_them() {
     let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
     assert_eq!(pong, "PONG");
 
-    let brokers = env["KAFKA_BROKERS"].clone();
-    let partitions = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
-        let metadata = consumer
-            .fetch_metadata(Some("user-events"), Duration::from_secs(10))
-            .unwrap();
-        metadata.topics()[0].partitions().len()
-    })
-    .await
-    .unwrap();
+    let partitions = user_events_partitions(env["KAFKA_BROKERS"].clone()).await;
     assert_eq!(
         partitions, 6,
         "user-events should have been created with 6 partitions"
