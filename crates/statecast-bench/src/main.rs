@@ -75,6 +75,9 @@ pub struct Args {
     /// Longest wait for either topic of scenario 8 to hold every record.
     #[arg(long, default_value_t = 300)]
     pub drain_cap_secs: u64,
+    /// Sequential PUT-then-GET pairs of each run of scenario 10 (at most --profiles).
+    #[arg(long, default_value_t = 10_000)]
+    pub coherence_pairs: usize,
     /// Run only these scenarios (comma-separated numbers, e.g. `--only 4,8`) and write nothing
     /// under docs/: a partial run must not replace the whole report.
     #[arg(long, value_delimiter = ',')]

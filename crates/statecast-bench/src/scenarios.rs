@@ -1,8 +1,9 @@
 //! The scenarios of issues 7 and 16 and the set-up they share; scenario 8 (relay drain) is in
-//! `drain`, scenario 9 (cache-hit GET across two replicas) in `replicas`.
+//! `drain`, scenario 9 (cache-hit GET across two replicas) in `replicas`, scenario 10 (near-cache
+//! coherence, and the full near cache of scenario 6) in `coherence`.
 //!
 //! Isolation: one fresh PostgreSQL database per run (a second one for scenario 4), fresh topics,
-//! fresh consumer groups, and Redis databases 11-14 (the stack and the tests use 0), which the
+//! fresh consumer groups, and Redis databases 11-15 (the stack and the tests use 0), which the
 //! run flushes before and after. Seeding is plain SQL (no events), so the consumers start on an
 //! empty topic.
 
@@ -31,6 +32,7 @@ use crate::tools::{
 };
 use crate::{Args, fair};
 
+mod coherence;
 mod drain;
 mod replicas;
 
@@ -42,6 +44,8 @@ const REDIS_DB_BASELINE: u8 = 12;
 const REDIS_DB_MISS: u8 = 13;
 /// Redis database of scenario 4's cache-refresh consumer.
 const REDIS_DB_CONSUMERS: u8 = 14;
+/// Redis database of scenario 10's deliberately broken replica (A's writes never touch it).
+const REDIS_DB_COHERENCE_BROKEN: u8 = 15;
 /// Mail domain of every profile the benchmark writes (its mails are removed afterwards).
 const MAIL_DOMAIN: &str = "bench.example.com";
 /// The four consumer handlers.
@@ -55,6 +59,10 @@ struct Memory {
     consumer_idle: Option<u64>,
     consumer_s1: Option<u64>,
     consumer_s4: Option<u64>,
+    /// The API with its near cache filled past its default bound (scenario 10).
+    api_near_full: Option<u64>,
+    /// What that replica's gauges said it held: entries, bytes.
+    near_full: Option<(f64, f64)>,
 }
 
 /// A running API replica.
@@ -163,6 +171,7 @@ impl Bench {
             REDIS_DB_BASELINE,
             REDIS_DB_MISS,
             REDIS_DB_CONSUMERS,
+            REDIS_DB_COHERENCE_BROKEN,
         ] {
             let mut conn = self.redis(db).await?;
             let () = redis::cmd("FLUSHDB").query_async(&mut conn).await?;
@@ -187,14 +196,15 @@ impl Bench {
         self.report.note(format!(
             "wrk ({}-s runs, 2 threads, {} connections) is a closed-loop tool: its percentiles carry coordinated \
              omission. {} profiles are seeded with one SQL INSERT (no events), then each is read once so the \
-             cache holds it. Fresh database, topics, consumer groups and Redis databases {REDIS_DB_API}-{REDIS_DB_CONSUMERS} \
+             cache holds it. Fresh database, topics, consumer groups and Redis databases {REDIS_DB_API}-{REDIS_DB_COHERENCE_BROKEN} \
              per run, removed afterwards.",
             self.args.duration_secs, self.args.concurrency, self.args.profiles
         ));
         let only = self.args.only.clone();
         let wants = |n: u32| only.is_empty() || only.contains(&n);
-        // Scenarios 1, 3, 5 and 9 share one API replica and the seeded profiles (2 reads them too).
-        if [1, 3, 5, 9].into_iter().any(wants) {
+        // Scenarios 1, 3, 5, 9 and 10 share one API replica and the seeded profiles (2 reads them
+        // too).
+        if [1, 3, 5, 9, 10].into_iter().any(wants) {
             let api = self.start_api("api", REDIS_DB_API, &[]).await?;
             self.seed().await?;
             self.warm(&api).await?;
@@ -206,6 +216,9 @@ impl Bench {
             if wants(9) {
                 self.scenario9(&api).await?;
             }
+            if wants(10) {
+                self.scenario10(&api).await?;
+            }
             if wants(5) {
                 self.scenario5(&api).await?;
             }
@@ -215,7 +228,7 @@ impl Bench {
             api.proc.stop().await;
         }
         if wants(2) {
-            if ![1, 3, 5, 9].into_iter().any(wants) {
+            if ![1, 3, 5, 9, 10].into_iter().any(wants) {
                 self.seed().await?;
             }
             let miss_api = self
@@ -1367,6 +1380,10 @@ impl Bench {
         let rows = [
             ("6 RSS API: idle", m.api_idle),
             ("6 RSS API: under scenario 1", m.api_s1),
+            (
+                "6 RSS API: near cache filled past its default bound (scenario 10)",
+                m.api_near_full,
+            ),
             ("6 RSS consumer (audit): idle", m.consumer_idle),
             (
                 "6 RSS consumer (audit): under scenario 4",
@@ -1384,8 +1401,16 @@ impl Bench {
         }
         self.report.note(
             "6: VmRSS from /proc/PID/status; \"under load\" is the peak of samples every 250 ms (scenario 1) or 50 ms \
-             (scenario 4). The consumer does nothing during scenario 1, so its loaded figure is taken under scenario 4.",
+             (scenario 4). The consumer does nothing during scenario 1, so its loaded figure is taken under scenario 4. \
+             Issue 16's targets: the API below 30 MiB idle and below 64 MiB with a full near cache at its default bound.",
         );
+        if let Some((entries, bytes)) = m.near_full {
+            self.report.note(format!(
+                "6: the full near cache held {entries:.0} entries, {:.1} MiB by its own estimate (profile_near_cache_entries, \
+                 profile_near_cache_bytes), against the defaults NEAR_CACHE_MAX_ENTRIES=50000 and NEAR_CACHE_MAX_BYTES=16 MiB.",
+                bytes / 1_048_576.0
+            ));
+        }
         self.report
             .bar_plot("s6-memory.png", "6 resident memory (VmRSS)", "MiB", &bars);
     }
