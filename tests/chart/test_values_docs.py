@@ -54,6 +54,9 @@ DIRECT = {
     ("api.eventsTopic", "EVENTS_TOPIC"): (["--set", "api.eventsTopic=sentinel-topic"], "sentinel-topic", {"api"}),
     ("api.rateLimit.perSecond", "RATE_LIMIT_PER_SECOND"): (["--set", "api.rateLimit.perSecond=7"], "7", {"api"}),
     ("api.rateLimit.burst", "RATE_LIMIT_BURST"): (["--set", "api.rateLimit.burst=9"], "9", {"api"}),
+    ("api.nearCache.enabled", "NEAR_CACHE_ENABLED"): (["--set", "api.nearCache.enabled=false"], "false", {"api"}),
+    ("api.nearCache.maxEntries", "NEAR_CACHE_MAX_ENTRIES"): (["--set", "api.nearCache.maxEntries=1234"], "1234", {"api"}),
+    ("api.nearCache.maxBytes", "NEAR_CACHE_MAX_BYTES"): (["--set", "api.nearCache.maxBytes=33554432"], "33554432", {"api"}),
     ("otel.resourceAttributes", "OTEL_RESOURCE_ATTRIBUTES"):
         (["--set", "otel.resourceAttributes=deployment.environment=sentinel"], "deployment.environment=sentinel", {"api", "operator"}),
     ("operator.leaseName", "LEASE_NAME"): (["--set", "operator.leaseName=sentinel-lease"], "sentinel-lease", {"operator"}),
