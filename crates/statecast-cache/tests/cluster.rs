@@ -313,3 +313,52 @@ async fn a_killed_master_flushes_the_near_cache_and_its_promoted_replica_serves_
     let (entry, _) = mine.get_through(&near, &id).await.unwrap();
     assert_eq!(entry.map(|e| (e.k, e.v)), Some((Kind::Invalidated, 3)));
 }
+
+#[tokio::test]
+async fn a_manual_failover_moves_tracking_to_the_new_master_set() {
+    // No connection closes here: the old master lives on as a replica. Only the health check's
+    // slot map shows that the masters changed.
+    let cluster = PrivateCluster::start().await.unwrap();
+    let target = target(&cluster.url());
+    let near = tracking_near(&target, 3).await;
+    let cache = cache(&target);
+    let id = unique_id();
+    let old = cluster.master_of(&key(&id)).unwrap();
+    let new = cluster.replica_of(old).unwrap();
+    cache.refresh(&id, Some(profile(&id, 1)), 1).await.unwrap();
+    statecast_testkit::cluster::redis_cli(new, &["cluster", "failover"]).unwrap();
+    let promoted = until(Duration::from_secs(10), || cluster.masters().contains(&new)).await;
+    assert!(promoted, "the replica on {new} was not promoted");
+    let tracked = until(Duration::from_secs(10), || {
+        let nodes: BTreeSet<String> = near
+            .tracking_clients()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        nodes.len() == 3 && nodes.contains(&format!("127.0.0.1:{new}"))
+    })
+    .await;
+    assert!(
+        tracked,
+        "the near cache does not track the new master on {new}: {:?}",
+        near.tracking_clients()
+    );
+    assert!(
+        near.tracking_clients()
+            .iter()
+            .all(|(n, _)| n != &format!("127.0.0.1:{old}")),
+        "still tracking the old master {old}"
+    );
+    // The new master's pushes arrive.
+    cache.get_through(&near, &id).await.unwrap();
+    let (_, tier) = cache.get_through(&near, &id).await.unwrap();
+    assert_eq!(tier, Tier::Near);
+    cache.refresh(&id, Some(profile(&id, 2)), 2).await.unwrap();
+    assert!(
+        until(Duration::from_secs(5), || near
+            .get(&id, now_ms())
+            .is_none_or(|e| e.v == 2))
+        .await,
+        "the new master's invalidation did not arrive"
+    );
+}

@@ -201,6 +201,16 @@ impl PrivateCluster {
         bail!("no master owns slot {slot} of {key}")
     }
 
+    /// The port of a replica of the master on `port`, as the master reports it (`ROLE`).
+    pub fn replica_of(&self, port: u16) -> anyhow::Result<u16> {
+        let role = redis_cli(port, &["role"])?;
+        let lines: Vec<&str> = role.lines().map(str::trim).collect();
+        match lines.as_slice() {
+            ["master", _offset, _host, replica, ..] => Ok(replica.parse()?),
+            _ => bail!("the node on {port} is not a master with a replica: {role}"),
+        }
+    }
+
     /// Kills the node on `port` (SIGKILL), as a crash would.
     pub fn kill(&mut self, port: u16) {
         if let Some(i) = self.nodes.iter().position(|(p, _)| *p == port)
