@@ -223,3 +223,40 @@ async fn hits_are_counted_by_tier_and_the_switch_turns_the_near_cache_off() {
     );
     assert_eq!(off.metric("profile_near_cache_tracking", "").await, 0.0);
 }
+
+#[tokio::test]
+async fn on_a_redis_cluster_each_replica_tracks_every_master_and_sees_the_others_writes() {
+    // REDIS_URL naming several nodes: the stack's Redis Cluster (three masters, a replica each).
+    let mut config = common::fresh_config("near-cluster").await;
+    config.redis_url = statecast_testkit::redis_cluster_url().unwrap();
+    let a = replica(config.clone()).await;
+    let b = replica(config).await;
+    for t in [&a, &b] {
+        let near = t.app.near_cache().unwrap().clone();
+        let all = common::eventually(WAIT, || async { near.tracking_clients().len() == 3 }).await;
+        assert!(
+            all,
+            "not tracking every master: {:?}",
+            near.tracking_clients()
+        );
+    }
+    // Users enough that every master serves some of them.
+    for n in 0..12 {
+        let id = user(&format!("near-cluster-{n}"));
+        a.put(&id, &body("v1")).await;
+        for i in 2..=3 {
+            cached_near(&b, &id).await;
+            a.put(&id, &body(&format!("v{i}"))).await;
+            let (version, _, _) = read(&a, &id).await;
+            assert_eq!(version, i, "read-your-writes on A");
+            let seen = common::eventually(Duration::from_secs(2), || async {
+                read(&b, &id).await.0 == i
+            })
+            .await;
+            assert!(
+                seen,
+                "replica B still serves a version older than {i} of {id}"
+            );
+        }
+    }
+}
