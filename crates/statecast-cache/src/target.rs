@@ -13,6 +13,8 @@ use redis::cluster::ClusterClient;
 use redis::{ConnectionAddr, ConnectionInfo, ProtocolVersion, TlsCertificates};
 
 /// One Redis, or a Redis Cluster. Cheap to clone; building one does not connect.
+// Built once at start and cloned a few times: the size of the cluster variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Target {
     /// One Redis server.
