@@ -1,5 +1,6 @@
 //! The PostgreSQL pool and the Redis connection of the handler, from `DATABASE_URL`,
-//! `REDIS_URL` and `REDIS_CA_FILE`, with TLS when the URL asks for it.
+//! `REDIS_URL` and `REDIS_CA_FILE`, with TLS when the URL asks for it; a `REDIS_URL` naming
+//! several nodes, comma-separated, is a Redis Cluster (`statecast_cache::Target`).
 //!
 //! The consumer connects both at start and stops when it cannot, so every start-up failure
 //! names the variable, its value (password masked) and what to check. Building the pool and

@@ -11,6 +11,12 @@
 //! ends the attempt: the near cache is flushed and bypassed, and the next attempt starts with
 //! backoff. Pushes of an older attempt are ignored.
 //!
+//! A manual failover (or any promotion while the old master lives on): no connection closes, but
+//! the next health check's slot map names the new master, and the attempt is ended and started
+//! again on the new set. Meanwhile nothing is missed: a demoted master that replicates from the
+//! new one keeps pushing the invalidations of the keys replication changes (Redis tracks writes
+//! applied from its master like any other; checked on Redis 7.0).
+//!
 //! A master killed: its connection closes at once (or its `PING` fails within the interval), so
 //! the near cache is off before its replica can be promoted and take writes; until then the
 //! slot map still names the dead master, so attempts fail and retry; once the replica is
