@@ -26,11 +26,31 @@ const SERVICES: [&str; 6] = [
     "REDIS_TLS_PORT",
 ];
 
+/// Nodes of the stack's Redis Cluster, on `REDIS_CLUSTER_PORT`..+5 (bus: `REDIS_CLUSTER_BUS_PORT`..+5).
+const CLUSTER_NODES: u16 = 6;
+
 /// A stack of its own: its folder and ports, stopped (and its folder removed) when dropped,
 /// also when the test fails half way.
 struct PrivateStack {
     dir: PathBuf,
     ports: HashMap<&'static str, u16>,
+}
+
+/// Six consecutive free ports for the cluster's nodes and six for their bus, held until
+/// dropped.
+fn cluster_ports() -> (u16, u16, Vec<TcpListener>) {
+    for _ in 0..200 {
+        let base = 20_000 + rand::random::<u16>() % 20_000;
+        let bus = base + 10_000;
+        let held: Result<Vec<TcpListener>, _> = (0..CLUSTER_NODES)
+            .flat_map(|i| [base + i, bus + i])
+            .map(|port| TcpListener::bind(("127.0.0.1", port)))
+            .collect();
+        if let Ok(held) = held {
+            return (base, bus, held);
+        }
+    }
+    panic!("no 6 consecutive free ports (and 6 for the bus) in 20000..50000")
 }
 
 impl PrivateStack {
@@ -42,10 +62,13 @@ impl PrivateStack {
             .iter()
             .map(|name| (*name, TcpListener::bind("127.0.0.1:0").unwrap()))
             .collect();
-        let ports = listeners
+        let mut ports: HashMap<&'static str, u16> = listeners
             .iter()
             .map(|(name, l)| (*name, l.local_addr().unwrap().port()))
             .collect();
+        let (base, bus, _held) = cluster_ports();
+        ports.insert("REDIS_CLUSTER_PORT", base);
+        ports.insert("REDIS_CLUSTER_BUS_PORT", bus);
         Self { dir, ports }
     }
 
@@ -68,6 +91,12 @@ impl PrivateStack {
 
     fn port(&self, name: &str) -> u16 {
         self.ports[name]
+    }
+
+    /// The client ports of the cluster's nodes.
+    fn cluster_ports(&self) -> Vec<u16> {
+        let base = self.port("REDIS_CLUSTER_PORT");
+        (0..CLUSTER_NODES).map(|i| base + i).collect()
     }
 }
 
@@ -121,6 +150,12 @@ async fn stack_up_starts_every_service_from_nothing_and_down_stops_them() {
             "{name} port taken before the test"
         );
     }
+    for port in stack.cluster_ports() {
+        assert!(
+            !listening(port),
+            "cluster port {port} taken before the test"
+        );
+    }
 
     let up = stack.run("up");
     assert!(
@@ -132,6 +167,13 @@ async fn stack_up_starts_every_service_from_nothing_and_down_stops_them() {
         assert!(
             listening(stack.port(name)),
             "{name} not listening after up:\n{}",
+            text(&up)
+        );
+    }
+    for port in stack.cluster_ports() {
+        assert!(
+            listening(port),
+            "cluster node {port} not listening after up:\n{}",
             text(&up)
         );
     }
@@ -152,8 +194,17 @@ async fn stack_up_starts_every_service_from_nothing_and_down_stops_them() {
     let status = stack.run("status");
     let status_out = String::from_utf8_lossy(&status.stdout);
     assert_eq!(
-        status_out.matches("(started by this script)").count(),
-        SERVICES.len(),
+        status_out.matches("(started by this script").count(),
+        SERVICES.len() + usize::from(CLUSTER_NODES),
+        "status:\n{status_out}"
+    );
+    assert!(
+        status_out.contains("redis-cluster: cluster_state:ok"),
+        "status:\n{status_out}"
+    );
+    assert_eq!(
+        status_out.matches(", master)").count(),
+        3,
         "status:\n{status_out}"
     );
 
@@ -171,6 +222,39 @@ async fn stack_up_starts_every_service_from_nothing_and_down_stops_them() {
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
     assert_eq!(pong, "PONG");
+
+    // The cluster: three masters with a replica each, every node `cluster_state:ok`, and a
+    // cluster client over the exported nodes reads what it wrote.
+    let nodes: Vec<&str> = env["STATECAST_REDIS_CLUSTER_URL"].split(',').collect();
+    assert_eq!(nodes.len(), usize::from(CLUSTER_NODES), "{nodes:?}");
+    for node in &nodes {
+        let client = redis::Client::open(*node).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(info.contains("cluster_state:ok"), "{node}: {info}");
+        assert!(info.contains("cluster_size:3"), "{node}: {info}");
+    }
+    let cluster = redis::cluster::ClusterClient::new(nodes).unwrap();
+    let mut conn = cluster.get_async_connection().await.unwrap();
+    for i in 0..20 {
+        let key = format!("stack-script-{i}");
+        let () = redis::cmd("SET")
+            .arg(&key)
+            .arg(i)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let back: i64 = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(back, i);
+    }
 
     let partitions = user_events_partitions(env["KAFKA_BROKERS"].clone()).await;
     assert_eq!(
@@ -200,6 +284,16 @@ async fn stack_up_starts_every_service_from_nothing_and_down_stops_them() {
             "{name} still listening after down"
         );
     }
+    for port in stack.cluster_ports() {
+        assert!(
+            !listening(port),
+            "cluster node {port} still listening after down"
+        );
+    }
+    assert!(
+        !stack.dir.join("redis-cluster").exists(),
+        "down leaves the cluster's nodes.conf behind: the next up would not create it afresh"
+    );
 }
 
 /// Partitions of `user-events` on the broker at `brokers`.

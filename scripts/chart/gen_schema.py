@@ -292,8 +292,9 @@ SCHEMA = {
         }),
         "externalPostgresql": obj("External PostgreSQL.", {
             "url": s("postgres:// URL.", pattern="^(postgres(ql)?://.+)?$")}),
-        "externalRedis": obj("External Redis.", {"url": s("redis:// or rediss:// URL.",
-                                                          pattern="^(rediss?://.+)?$")}),
+        "externalRedis": obj("External Redis.", {"url": s(
+            "redis:// or rediss:// URL; for a Redis Cluster, several nodes' URLs, comma-separated.",
+            pattern="^(rediss?://[^,]+(,rediss?://[^,]+)*)?$")}),
         "externalKafka": obj("External Kafka: brokers and the client security of the API, the operator "
                              "and the consumers.", {
             "brokers": s("Comma-separated host:port list.",

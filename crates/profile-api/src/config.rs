@@ -18,7 +18,8 @@ pub struct Config {
         default_value = "postgres://statecast:statecast@127.0.0.1:5432/statecast"
     )]
     pub database_url: String,
-    /// Redis, the read cache; `rediss://` for TLS.
+    /// Redis, the read cache; `rediss://` for TLS; several nodes' URLs, comma-separated, for a
+    /// Redis Cluster.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// PEM of the CA that signed the Redis server's certificate, for a `rediss://` URL; it

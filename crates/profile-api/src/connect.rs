@@ -1,4 +1,5 @@
-//! The Redis TLS check at start. The Redis client itself (`REDIS_URL`, `REDIS_CA_FILE`) and the
+//! The Redis TLS check at start (of the first node, for a Redis Cluster: every node is reached
+//! with the same settings). The Redis client itself (`REDIS_URL`, `REDIS_CA_FILE`) and the
 //! PostgreSQL pool (TLS from `DATABASE_URL` alone) are built by `statecast-startup`, which the
 //! consumer shares.
 //!

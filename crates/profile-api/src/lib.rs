@@ -245,11 +245,17 @@ pub async fn build(config: Config) -> Result<App> {
         lock: config.lock_ttl(),
         marker: (config.request_timeout() * 3).max(Duration::from_secs(30)),
     };
+    // One Redis, or a Redis Cluster when REDIS_URL names several nodes.
     let redis =
-        statecast_startup::redis_setup::client(&config.redis_url, config.redis_ca_file.as_deref())?;
+        statecast_startup::redis_setup::target(&config.redis_url, config.redis_ca_file.as_deref())?;
     // Redis being down only degrades the API, but a TLS certificate that does not verify is a
     // configuration error: find out now and refuse to start, naming REDIS_URL / REDIS_CA_FILE.
-    connect::check_redis_tls(&redis, config.redis_timeout().max(Duration::from_secs(1))).await?;
+    // (A cluster's nodes share the settings of its seeds: the first seed is checked.)
+    connect::check_redis_tls(
+        &redis.seeds()[0],
+        config.redis_timeout().max(Duration::from_secs(1)),
+    )
+    .await?;
     let near = config.near_cache_enabled.then(|| {
         let near = statecast_cache::NearCache::new(statecast_cache::NearConfig {
             max_entries: config.near_cache_max_entries,
@@ -258,7 +264,7 @@ pub async fn build(config: Config) -> Result<App> {
             health_interval: NEAR_CACHE_HEALTH_INTERVAL,
         });
         // Bypassed until its tracking connection is up; the task ends with the near cache.
-        near.spawn_tracking(&redis);
+        near.spawn_tracking(redis.clone());
         near
     });
     let cache = statecast_cache::Cache::lazy(redis, config.redis_timeout(), ttls)?;

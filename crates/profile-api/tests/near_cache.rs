@@ -223,3 +223,92 @@ async fn hits_are_counted_by_tier_and_the_switch_turns_the_near_cache_off() {
     );
     assert_eq!(off.metric("profile_near_cache_tracking", "").await, 0.0);
 }
+
+#[tokio::test]
+async fn on_a_redis_cluster_each_replica_tracks_every_master_and_sees_the_others_writes() {
+    // REDIS_URL naming several nodes: the stack's Redis Cluster (three masters, a replica each).
+    let mut config = common::fresh_config("near-cluster").await;
+    config.redis_url = statecast_testkit::redis_cluster_url().unwrap();
+    let a = replica(config.clone()).await;
+    let b = replica(config).await;
+    for t in [&a, &b] {
+        let near = t.app.near_cache().unwrap().clone();
+        let all = common::eventually(WAIT, || async { near.tracking_clients().len() == 3 }).await;
+        assert!(
+            all,
+            "not tracking every master: {:?}",
+            near.tracking_clients()
+        );
+    }
+    // Users enough that every master serves some of them.
+    for n in 0..12 {
+        let id = user(&format!("near-cluster-{n}"));
+        a.put(&id, &body("v1")).await;
+        for i in 2..=3 {
+            cached_near(&b, &id).await;
+            a.put(&id, &body(&format!("v{i}"))).await;
+            let (version, _, _) = read(&a, &id).await;
+            assert_eq!(version, i, "read-your-writes on A");
+            let seen = common::eventually(Duration::from_secs(2), || async {
+                read(&b, &id).await.0 == i
+            })
+            .await;
+            assert!(
+                seen,
+                "replica B still serves a version older than {i} of {id}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn through_a_failover_of_the_redis_cluster_two_replicas_answer_every_request_and_never_go_back()
+ {
+    // A private cluster: a master is killed while two replicas read and write; its replica is
+    // promoted. Every request succeeds (the cache is bypassed while its slots are down), no
+    // replica serves a version older than one it served or one it wrote, and both end on the
+    // last write, served from their near caches again.
+    let mut cluster = statecast_testkit::PrivateCluster::start().await.unwrap();
+    let mut config = common::fresh_config("near-failover").await;
+    config.redis_url = cluster.url();
+    let a = replica(config.clone()).await;
+    let b = replica(config).await;
+    let id = user("near-failover");
+    a.put(&id, &body("v1")).await;
+    cached_near(&b, &id).await;
+    let victim = cluster.master_of(&statecast_cache::key(&id)).unwrap();
+    cluster.kill(victim);
+    let killed = Instant::now();
+    let mut last = 1;
+    let (mut seen_a, mut seen_b) = (0, 0);
+    while killed.elapsed() < Duration::from_secs(8) {
+        last += 1;
+        let put = a.put(&id, &body(&format!("v{last}"))).await;
+        assert_eq!(version_of(&put.json().await.unwrap()), last, "write {last}");
+        let (version, _, _) = read(&a, &id).await;
+        assert!(version >= last, "A read {version} after writing {last}");
+        seen_a = version;
+        let (version, _, _) = read(&b, &id).await;
+        assert!(version >= seen_b, "B went back from {seen_b} to {version}");
+        seen_b = version;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(seen_a, last);
+    for t in [&a, &b] {
+        let near = t.app.near_cache().unwrap().clone();
+        let back = common::eventually(Duration::from_secs(20), || async {
+            near.tracking_clients().len() == 3
+        })
+        .await;
+        assert!(back, "the near cache never tracked the new masters");
+        let fresh = common::eventually(Duration::from_secs(5), || async {
+            read(t, &id).await.0 == last
+        })
+        .await;
+        assert!(fresh, "a replica does not serve the last write {last}");
+        cached_near(t, &id).await;
+        assert_eq!(read(t, &id).await.0, last);
+    }
+    cluster.restart(victim).await.unwrap();
+    cluster.wait_healthy(Duration::from_secs(30)).await.unwrap();
+}

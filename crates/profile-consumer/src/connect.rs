@@ -1,5 +1,6 @@
 //! The PostgreSQL pool and the Redis connection of the handler, from `DATABASE_URL`,
-//! `REDIS_URL` and `REDIS_CA_FILE`, with TLS when the URL asks for it.
+//! `REDIS_URL` and `REDIS_CA_FILE`, with TLS when the URL asks for it; a `REDIS_URL` naming
+//! several nodes, comma-separated, is a Redis Cluster (`statecast_cache::Target`).
 //!
 //! The consumer connects both at start and stops when it cannot, so every start-up failure
 //! names the variable, its value (password masked) and what to check. Building the pool and
@@ -10,9 +11,9 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use statecast_cache::{Connection, Target};
 use statecast_startup::redis_setup::is_tls;
 use statecast_startup::{DatabaseError, REDIS_TLS_HINT, RedisSetupError, has_invalid_data};
 
@@ -51,23 +52,25 @@ pub(crate) async fn pg_pool(url: &str, options: PgPoolOptions) -> Result<PgPool,
     Ok(statecast_startup::database::connect(url, options, DATABASE_WAIT, None).await?)
 }
 
-/// The Redis client of `url` (`REDIS_URL`) and `ca_file` (`REDIS_CA_FILE`).
-pub(crate) fn redis_client(
+/// The Redis of `url` (`REDIS_URL`) and `ca_file` (`REDIS_CA_FILE`): one Redis, or a Redis
+/// Cluster when the URL names several nodes.
+pub(crate) fn redis_target(
     url: &str,
     ca_file: Option<&std::path::Path>,
-) -> Result<redis::Client, ConnectError> {
-    Ok(statecast_startup::redis_setup::client(url, ca_file)?)
+) -> Result<Target, ConnectError> {
+    Ok(statecast_startup::redis_setup::target(url, ca_file)?)
 }
 
-/// A connection manager of `client`, connected once to prove it works. A refused TLS
-/// handshake is not retried: waiting cannot fix a certificate.
-pub(crate) async fn redis_manager(
-    client: redis::Client,
-) -> Result<ConnectionManager, ConnectError> {
-    let tls = is_tls(&client);
+/// A connection to `redis` (a connection manager, or a cluster connection), connected once to
+/// prove it works. A refused TLS handshake is not retried: waiting cannot fix a certificate.
+/// A cluster's nodes share the settings of its seeds: the first seed is checked for TLS.
+pub(crate) async fn redis_connection(redis: &Target) -> Result<Connection, ConnectError> {
+    let client = &redis.seeds()[0];
+    let tls = is_tls(client);
     let target = format!(
-        "{}{}",
+        "{}{}{}",
         client.get_connection_info().addr(),
+        if redis.is_cluster() { ", cluster" } else { "" },
         if tls { ", TLS" } else { "" }
     );
     if tls {
@@ -82,7 +85,7 @@ pub(crate) async fn redis_manager(
             });
         }
     }
-    ConnectionManager::new(client)
+    Connection::connect(redis)
         .await
         .map_err(|source| ConnectError::Redis {
             target,

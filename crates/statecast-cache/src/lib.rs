@@ -12,23 +12,30 @@
 //! - [`entry`]: keys (`profile:{id}`, `lock:profile:{id}`), [`Entry`] and its JSON, the cached
 //!   [`Profile`] (the API's `GET` body), freshness, TTL jitter and XFetch.
 //! - [`script`]: the Lua compare-and-set and lock release, [`OnEqual`] and [`Written`].
+//! - `target`: [`Target`], one Redis or a Redis Cluster (`REDIS_URL` naming several nodes).
+//! - `conn`: [`Connection`], a connection manager or a cluster connection behind one interface.
 //! - `remote`: [`Cache`], the Redis operations (get, put, fill, invalidate, refresh, fill
 //!   lock, ping) with an optional per-command timeout, and [`Ttls`] / [`Put`], what each write
 //!   writes.
 //! - [`near`]: [`NearCache`], the bounded in-process tier of each API replica in front of Redis,
 //!   kept coherent by RESP3 server-assisted client-side caching (`CLIENT TRACKING` broadcast
-//!   invalidations on a dedicated connection); its module doc states its four rules.
+//!   invalidations on a dedicated connection, one per master on a cluster); its module doc
+//!   states its four rules.
 //! - [`Error`]: the one error enum.
 
+mod conn;
 pub mod entry;
 pub mod near;
 mod remote;
 pub mod script;
+mod target;
 
+pub use conn::Connection;
 pub use entry::{Entry, Kind, Profile, jittered, key, lock_key, now_ms, xfetch_due};
 pub use near::{NearCache, NearConfig, Tier};
 pub use remote::{Cache, Put, Ttls};
 pub use script::{OnEqual, Written};
+pub use target::{Cluster, Target};
 
 /// Why a cache operation failed. Callers treat every variant as "cache unavailable" (the API
 /// bypasses the cache) or as a retryable failure (the consumer).

@@ -20,6 +20,13 @@
 //!   bypassed until a new connection tracks again; entries read while it was down are refused,
 //!   since their invalidations could have been missed.
 //!
+//! # On a Redis Cluster
+//! Each master pushes the invalidations of its own keys only, so there is one tracking
+//! connection per master, and "the tracking connection" of the rules above is all of them: the
+//! near cache is used only while every master serving a slot has one, and losing any (a master
+//! killed, a failover, a new master, any change of the set of masters) flushes and bypasses it
+//! until all of the new set track (see `track`).
+//!
 //! # Bounds
 //! Both by entries and by bytes, in one weighted [`moka`] map: each entry weighs
 //! `max(its estimated size, max_bytes / max_entries)` against a capacity of `max_bytes`, so
@@ -28,13 +35,14 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use moka::ops::compute::Op;
-use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
+use redis::{PushInfo, PushKind, Value};
 
 use crate::entry::{Entry, KEY_PREFIX, Kind};
+use crate::target::Target;
 
 /// Stripes of the invalidation generations (a key's stripe is its hash modulo this).
 const STRIPES: usize = 1024;
@@ -112,8 +120,10 @@ struct Inner {
     epoch: AtomicU64,
     /// Whether a tracking connection is up: only then are entries served or kept.
     tracking: AtomicBool,
-    /// Redis's `CLIENT ID` of the tracking connection (0 when down).
+    /// Redis's `CLIENT ID` of the (first) tracking connection (0 when down).
     client_id: AtomicI64,
+    /// Every tracking connection while up: the node's `host:port` and its `CLIENT ID` there.
+    clients: Mutex<Vec<(String, i64)>>,
     /// The connection attempt whose state counts; pushes of older connections do not.
     current: Mutex<u64>,
     /// Invalidation pushes handled.
@@ -151,6 +161,7 @@ impl NearCache {
                 epoch: AtomicU64::new(0),
                 tracking: AtomicBool::new(false),
                 client_id: AtomicI64::new(0),
+                clients: Mutex::new(Vec::new()),
                 current: Mutex::new(0),
                 invalidations: AtomicU64::new(0),
                 wake: Arc::new(tokio::sync::Notify::new()),
@@ -164,10 +175,24 @@ impl NearCache {
         self.inner.tracking.load(Ordering::SeqCst)
     }
 
-    /// Redis's `CLIENT ID` of the tracking connection, while it is up.
+    /// Redis's `CLIENT ID` of the tracking connection, while it is up (on a cluster: of the
+    /// first master's).
     pub fn tracking_client_id(&self) -> Option<i64> {
         let id = self.inner.client_id.load(Ordering::SeqCst);
         (self.is_tracking() && id != 0).then_some(id)
+    }
+
+    /// Every tracking connection while up (one, or one per master of a cluster): the node's
+    /// `host:port` and the connection's `CLIENT ID` there. Empty while down.
+    pub fn tracking_clients(&self) -> Vec<(String, i64)> {
+        if !self.is_tracking() {
+            return Vec::new();
+        }
+        self.inner
+            .clients
+            .lock()
+            .map(|clients| clients.clone())
+            .unwrap_or_default()
     }
 
     /// Entries held (after pending evictions are applied).
@@ -311,25 +336,15 @@ impl NearCache {
         now_ms < until && entry.v >= self.high_water(id)
     }
 
-    /// Keeps a tracking connection to the Redis of `client` up, for as long as this near cache
-    /// lives: connects (RESP3), turns broadcast tracking of `profile:` on, checks it with `PING`
-    /// every `health_interval`, and on any loss flushes, bypasses and reconnects with backoff.
-    pub fn spawn_tracking(&self, client: &redis::Client) -> tokio::task::JoinHandle<()> {
-        let info = client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let resp3 = redis::Client::open(info.set_redis_settings(settings));
+    /// Keeps tracking connections to `target` up, for as long as this near cache lives: one
+    /// to the Redis, or one to every master of a Redis Cluster (`track` says how the masters are
+    /// found and followed through failovers). Each connects (RESP3), turns broadcast tracking of
+    /// `profile:` on and is checked with `PING` every `health_interval`; on any loss the near
+    /// cache is flushed and bypassed until all are back, reconnected with backoff.
+    pub fn spawn_tracking(&self, target: impl Into<Target>) -> tokio::task::JoinHandle<()> {
+        let target = target.into();
         let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            match resp3 {
-                Ok(client) => track(weak, client).await,
-                Err(error) => {
-                    tracing::error!(%error, "near cache: no RESP3 client; near cache stays bypassed")
-                }
-            }
-        })
+        tokio::spawn(track::track(weak, target))
     }
 }
 
@@ -355,8 +370,8 @@ impl Inner {
         }
     }
 
-    /// Connection `attempt` tracks, as Redis client `client_id`.
-    fn up(self: &Arc<Self>, attempt: u64, client_id: i64) {
+    /// The connections of `attempt` all track: `clients` are their nodes and `CLIENT ID`s.
+    fn up(self: &Arc<Self>, attempt: u64, clients: Vec<(String, i64)>) {
         let Ok(current) = self.current.lock() else {
             return;
         };
@@ -364,9 +379,13 @@ impl Inner {
             return;
         }
         self.facade().flush();
+        let client_id = clients.first().map_or(0, |(_, id)| *id);
         self.client_id.store(client_id, Ordering::SeqCst);
+        if let Ok(mut held) = self.clients.lock() {
+            *held = clients.clone();
+        }
         self.tracking.store(true, Ordering::SeqCst);
-        tracing::info!(client_id, "near cache: tracking");
+        tracing::info!(client_id, ?clients, "near cache: tracking");
     }
 
     /// Connection `attempt` is lost (or never came up).
@@ -379,6 +398,9 @@ impl Inner {
         }
         let was = self.tracking.swap(false, Ordering::SeqCst);
         self.client_id.store(0, Ordering::SeqCst);
+        if let Ok(mut held) = self.clients.lock() {
+            held.clear();
+        }
         self.facade().flush();
         if was {
             tracing::warn!(
@@ -437,94 +459,7 @@ fn key_id(key: &Value) -> Option<String> {
     raw.strip_prefix(KEY_PREFIX).map(str::to_owned)
 }
 
-async fn track(weak: Weak<Inner>, client: redis::Client) {
-    let mut backoff = Duration::from_millis(50);
-    let wake = match weak.upgrade() {
-        Some(inner) => inner.wake.clone(),
-        None => return,
-    };
-    loop {
-        let Some(inner) = weak.upgrade() else { return };
-        let interval = inner.config.health_interval;
-        let attempt = match inner.current.lock() {
-            Ok(mut current) => {
-                *current += 1;
-                *current
-            }
-            Err(_) => return,
-        };
-        let pushes = weak.clone();
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(interval))
-            .set_response_timeout(Some(interval))
-            .set_push_sender(move |info: PushInfo| {
-                if let Some(inner) = pushes.upgrade() {
-                    inner.receive(attempt, info);
-                }
-                Ok::<(), std::convert::Infallible>(())
-            });
-        drop(inner);
-        match connect(&client, &config).await {
-            Ok((mut conn, client_id)) => {
-                let Some(inner) = weak.upgrade() else { return };
-                inner.up(attempt, client_id);
-                drop(inner);
-                backoff = Duration::from_millis(50);
-                loop {
-                    tokio::select! {
-                        () = tokio::time::sleep(interval) => {}
-                        () = wake.notified() => {}
-                    }
-                    let Some(inner) = weak.upgrade() else { return };
-                    if !inner.tracking.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let ping: redis::RedisResult<String> =
-                        redis::cmd("PING").query_async(&mut conn).await;
-                    if let Err(error) = ping {
-                        inner.down(attempt, &error.to_string());
-                        break;
-                    }
-                }
-            }
-            Err(error) => {
-                let Some(inner) = weak.upgrade() else { return };
-                inner.down(attempt, &error.to_string());
-                tracing::debug!(%error, "near cache: cannot track yet");
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-/// A RESP3 connection tracking `profile:` keys in broadcast mode, and its `CLIENT ID`.
-async fn connect(
-    client: &redis::Client,
-    config: &AsyncConnectionConfig,
-) -> redis::RedisResult<(redis::aio::MultiplexedConnection, i64)> {
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(config)
-        .await?;
-    let () = redis::cmd("CLIENT")
-        .arg("SETNAME")
-        .arg(TRACKING_CLIENT_NAME)
-        .query_async(&mut conn)
-        .await?;
-    let () = redis::cmd("CLIENT")
-        .arg("TRACKING")
-        .arg("ON")
-        .arg("BCAST")
-        .arg("PREFIX")
-        .arg(KEY_PREFIX)
-        .query_async(&mut conn)
-        .await?;
-    let id: i64 = redis::cmd("CLIENT")
-        .arg("ID")
-        .query_async(&mut conn)
-        .await?;
-    Ok((conn, id))
-}
+mod track;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -3,14 +3,21 @@
 //!
 //! Every command may run under a timeout ([`Cache::lazy`]): a dead Redis then costs a request
 //! at most that, and the API's read path bypasses the cache.
+//!
+//! The same operations run on one Redis or a Redis Cluster ([`Connection`]). Scripts go as
+//! `EVALSHA`, routed by their one key; a node that does not know the script (`NOSCRIPT`: a
+//! restarted node, a replica promoted after a failover, `SCRIPT FLUSH`) gets it as `EVAL` on the
+//! same node, which also caches it there, so no command ever depends on every node being up.
 
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 
+use crate::conn::Connection;
 use crate::entry::{Entry, Profile, after, jittered, key, lock_key, millis, now_ms};
 use crate::near::{NearCache, Tier};
 use crate::script::{CAS, OnEqual, UNLOCK, Written};
+use crate::target::Target;
 use crate::{Error, Result};
 
 /// The lifetimes of what is written.
@@ -110,7 +117,7 @@ impl Ttls {
 /// The Redis client of the cache. Cheap to clone.
 #[derive(Clone)]
 pub struct Cache {
-    conn: ConnectionManager,
+    conn: Connection,
     timeout: Option<Duration>,
     ttls: Ttls,
     cas: redis::Script,
@@ -128,19 +135,20 @@ impl std::fmt::Debug for Cache {
 
 impl Cache {
     /// A lazily connecting client (the API starts even when Redis is down), every command under
-    /// `timeout`. `client` carries the URL and TLS settings.
-    pub fn lazy(client: redis::Client, timeout: Duration, ttls: Ttls) -> Result<Self> {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self::with_manager(conn, Some(timeout), ttls))
+    /// `timeout`. `target` (one Redis, or a cluster; a [`redis::Client`] is one Redis) carries
+    /// the URL and TLS settings.
+    pub fn lazy(target: impl Into<Target>, timeout: Duration, ttls: Ttls) -> Result<Self> {
+        let conn = Connection::lazy(&target.into(), timeout)?;
+        Ok(Self::with_connection(conn, Some(timeout), ttls))
     }
 
     /// A client over a connection manager the caller built (and proved, e.g. at start).
     pub fn with_manager(conn: ConnectionManager, timeout: Option<Duration>, ttls: Ttls) -> Self {
+        Self::with_connection(Connection::Single(conn), timeout, ttls)
+    }
+
+    /// A client over a connection (one Redis or a cluster) the caller built.
+    pub fn with_connection(conn: Connection, timeout: Option<Duration>, ttls: Ttls) -> Self {
         Self {
             conn,
             timeout,
@@ -159,12 +167,47 @@ impl Cache {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
+        Ok(self.within(fut).await??)
+    }
+
+    /// Redis's answer, if it came within the timeout.
+    async fn within<T, F>(&self, fut: F) -> Result<redis::RedisResult<T>>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
         match self.timeout {
-            Some(limit) => match tokio::time::timeout(limit, fut).await {
-                Ok(result) => Ok(result?),
-                Err(_) => Err(Error::Timeout),
-            },
-            None => Ok(fut.await?),
+            Some(limit) => tokio::time::timeout(limit, fut)
+                .await
+                .map_err(|_| Error::Timeout),
+            None => Ok(fut.await),
+        }
+    }
+
+    /// Runs `script` (whose source is `source`) on its one key `key`: `EVALSHA`, and `EVAL` on
+    /// the same node when that node does not know the script.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        source: &str,
+        key: String,
+        args: &[String],
+    ) -> Result<T> {
+        let mut conn = self.conn.clone();
+        let call = |command: &str, body: &str| {
+            let mut cmd = redis::cmd(command);
+            cmd.arg(body).arg(1).arg(&key).arg(args);
+            cmd
+        };
+        let first: redis::RedisResult<T> = self
+            .within(call("EVALSHA", script.get_hash()).query_async(&mut conn))
+            .await?;
+        match first {
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                self.run(call("EVAL", source).query_async(&mut conn)).await
+            }
+            other => Ok(other?),
         }
     }
 
@@ -198,19 +241,13 @@ impl Cache {
     /// Writes `put` for `id` through the version compare-and-set.
     #[tracing::instrument(name = "redis compare-and-set", skip(self, put), fields(otel.kind = "client", db.system.name = "redis", version = put.entry.v))]
     pub async fn put(&self, id: &str, put: &Put) -> Result<Written> {
-        let value = put.entry.to_json()?;
-        let mut conn = self.conn.clone();
-        let answer: i64 = self
-            .run(
-                self.cas
-                    .key(key(id))
-                    .arg(put.entry.v)
-                    .arg(value)
-                    .arg(millis(put.ttl))
-                    .arg(put.on_equal.arg())
-                    .invoke_async(&mut conn),
-            )
-            .await?;
+        let args = [
+            put.entry.v.to_string(),
+            put.entry.to_json()?,
+            millis(put.ttl).to_string(),
+            put.on_equal.arg().to_owned(),
+        ];
+        let answer: i64 = self.invoke(&self.cas, CAS, key(id), &args).await?;
         Ok(Written::from_answer(answer))
     }
 
@@ -291,14 +328,8 @@ impl Cache {
 
     /// Releases the fill lock of `id` if `token` still holds it.
     pub async fn unlock(&self, id: &str, token: &str) -> Result<()> {
-        let mut conn = self.conn.clone();
         let _: i64 = self
-            .run(
-                self.unlock
-                    .key(lock_key(id))
-                    .arg(token)
-                    .invoke_async(&mut conn),
-            )
+            .invoke(&self.unlock, UNLOCK, lock_key(id), &[token.to_owned()])
             .await?;
         Ok(())
     }

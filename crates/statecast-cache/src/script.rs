@@ -1,5 +1,6 @@
 //! The Lua scripts: the version compare-and-set every write of an entry goes through, and the
-//! owner-checked release of the fill lock.
+//! owner-checked release of the fill lock. Each touches exactly one key, so on a Redis Cluster
+//! each runs on the master of that key's slot without hash tags.
 
 /// Compare-and-set on the cached version. KEYS[1] = entry key; ARGV = version, value, TTL ms,
 /// what to do on an equal version ([`OnEqual::arg`]). Returns 1 written, 0 refused (equal
@@ -92,6 +93,19 @@ mod tests {
         assert_eq!(Written::from_answer(0), Written::SameVersion);
         assert_eq!(Written::from_answer(-1), Written::Older);
         assert!(Written::Written.is_written() && !Written::SameVersion.is_written());
+    }
+
+    #[test]
+    fn every_script_touches_one_key_so_a_cluster_runs_it_in_one_slot() {
+        // A script touching two keys would need them hash-tagged into one slot (`{id}`), a
+        // change of the key format (docs/contracts.md, "Redis Cluster").
+        for script in [CAS, UNLOCK] {
+            assert!(script.contains("KEYS[1]"));
+            assert!(
+                !script.contains("KEYS[2]") && !script.contains("#KEYS"),
+                "{script}"
+            );
+        }
     }
 
     #[test]

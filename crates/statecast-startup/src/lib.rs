@@ -31,6 +31,10 @@ pub use redis_setup::{REDIS_TLS_HINT, RedisSetupError, RedisUrlError};
 /// too broken to parse (`redis//:pw@host`) still has everything between the first `:` and the last
 /// `@` of its user-info masked. Works for any URL with user-info (`smtp://`, `redis://`, ...).
 pub fn redact_url(url: &str) -> String {
+    // A Redis Cluster's REDIS_URL lists several URLs, each with its password.
+    if url.contains(',') {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     let (head, query) = match url.split_once('?') {
         Some((head, query)) => (head, Some(query)),
         None => (url, None),

@@ -1,4 +1,7 @@
-//! The Redis client of `REDIS_URL` and `REDIS_CA_FILE`, with TLS when the URL asks for it.
+//! The Redis client of `REDIS_URL` and `REDIS_CA_FILE`, with TLS when the URL asks for it, and
+//! the cache's [`Target`]: one Redis, or a Redis Cluster when `REDIS_URL` names several nodes,
+//! comma-separated (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`; any nodes of the cluster, all
+//! with the same scheme and credentials).
 //!
 //! redis-rs has no URL setting for a private CA, hence `REDIS_CA_FILE`. Building the client does
 //! not connect; what a binary does when Redis is down differs (the API degrades, the
@@ -8,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use redis::IntoConnectionInfo as _;
+use statecast_cache::Target;
 
 use crate::redact_url;
 
@@ -20,8 +24,9 @@ pub const REDIS_TLS_HINT: &str = "; the TLS handshake failed: check that REDIS_C
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "REDIS_URL={url} is not a valid Redis URL ({reason}); expected \
-     redis://[[user]:password@]host[:6379][/db], rediss://... for TLS, or \
-     redis+unix:///path/to/socket"
+     redis://[[user]:password@]host[:6379][/db], rediss://... for TLS, \
+     redis+unix:///path/to/socket, or for a Redis Cluster several of its nodes' redis:// or \
+     rediss:// URLs, comma-separated"
 )]
 pub struct RedisUrlError {
     /// `REDIS_URL`, password masked.
@@ -105,6 +110,41 @@ pub fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, RedisS
     })
 }
 
+/// The cache's Redis of `url` (`REDIS_URL`) and `ca_file` (`REDIS_CA_FILE`): one Redis for one
+/// URL (exactly [`client`]), a Redis Cluster seeded by every node named when the URL is several,
+/// comma-separated.
+pub fn target(url: &str, ca_file: Option<&Path>) -> Result<Target, RedisSetupError> {
+    let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
+    if nodes.len() < 2 {
+        return Ok(Target::Single(client(url, ca_file)?));
+    }
+    let seeds = nodes
+        .iter()
+        .map(|node| {
+            if node.is_empty() {
+                Err(RedisSetupError::Url(RedisUrlError {
+                    url: redact_url(url),
+                    reason: "an empty node in the comma-separated list".to_owned(),
+                }))
+            } else {
+                client(node, ca_file)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let certificates = match ca_file {
+        Some(path) => Some(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(path).map_err(|e| RedisSetupError::CaFile {
+                path: path.to_owned(),
+                source: e.into(),
+            })?),
+        }),
+        None => None,
+    };
+    Target::cluster(seeds, certificates)
+        .map_err(|e| RedisSetupError::Url(RedisUrlError::new(url, &e)))
+}
+
 /// Whether `client` speaks TLS (`rediss://`).
 pub fn is_tls(client: &redis::Client) -> bool {
     matches!(
@@ -170,6 +210,39 @@ mod tests {
         let error = client("rediss://127.0.0.1:6380", Some(&path)).unwrap_err();
         std::fs::remove_file(&path).unwrap();
         assert!(error.to_string().contains("no PEM certificate"), "{error}");
+    }
+
+    #[test]
+    fn one_url_is_one_redis_and_several_are_a_cluster_of_the_same_settings() {
+        assert!(!target("redis://127.0.0.1:6379", None).unwrap().is_cluster());
+        let cluster = target(
+            "redis://:pw@127.0.0.1:7000, redis://:pw@127.0.0.1:7001",
+            None,
+        )
+        .unwrap();
+        assert!(cluster.is_cluster());
+        assert_eq!(cluster.seeds().len(), 2);
+        let message = target("redis://:s3cret@a:7000,,redis://b:7001", None)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("empty node"), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
+        assert_eq!(
+            redact_url("redis://:one@a:7000,redis://:two@b:7001"),
+            "redis://:***@a:7000,redis://:***@b:7001"
+        );
+        // Every node as one Redis would be: a CA with plain URLs is refused for a cluster too,
+        // and so are nodes with different TLS modes.
+        let error =
+            target("redis://a:7000,redis://b:7001", Some(Path::new("/ca.pem"))).unwrap_err();
+        assert!(
+            matches!(error, RedisSetupError::CaWithoutTls { .. }),
+            "{error}"
+        );
+        let message = target("redis://a:7000,rediss://b:7001", None)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("TLS"), "{message}");
     }
 
     #[test]

@@ -15,16 +15,20 @@
 //! - [`secured`]: [`SecuredBroker`], a private broker behind TLS and/or SASL/SCRAM
 //! - [`cel_violations`]: a CRD's CEL rules evaluated offline
 //! - [`oneshot_get`]: a GET answered by an axum router in process
+//! - [`cluster`]: the stack's Redis Cluster ([`redis_cluster_url`]) and [`PrivateCluster`], six
+//!   nodes of a test's own for failover tests
 //! - [`tls`]: the TLS-only PostgreSQL and Redis of the stack ([`tls::TlsStack`]) and a CA that
 //!   signed none of their certificates ([`tls::OtherCa`])
 #![allow(clippy::unwrap_used)]
 
 mod cel_rules;
+pub mod cluster;
 pub mod pg_proxy;
 pub mod secured;
 pub mod tls;
 
 pub use cel_rules::cel_violations;
+pub use cluster::{PrivateCluster, redis_cluster_url};
 pub use pg_proxy::PgProxy;
 pub use secured::SecuredBroker;
 

@@ -18,8 +18,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use statecast_cache::{Cache, Profile, Written};
+use statecast_cache::{Cache, Profile, Target, Written};
 use statecast_events::{EventType, ProfileEvent};
 
 use super::{Delivery, HandlerError, Outcome};
@@ -73,11 +72,12 @@ pub struct CacheRefresh {
 }
 
 impl CacheRefresh {
-    /// Connects `client` (from `REDIS_URL` and `REDIS_CA_FILE`, TLS included).
-    pub async fn connect(client: redis::Client, ttls: CacheTtls) -> Result<Self, crate::Error> {
-        let redis: ConnectionManager = crate::connect::redis_manager(client).await?;
+    /// Connects `redis` (from `REDIS_URL` and `REDIS_CA_FILE`, TLS included; one Redis, or a
+    /// Redis Cluster; a [`redis::Client`] is one Redis).
+    pub async fn connect(redis: impl Into<Target>, ttls: CacheTtls) -> Result<Self, crate::Error> {
+        let conn = crate::connect::redis_connection(&redis.into()).await?;
         Ok(Self {
-            cache: Cache::with_manager(redis, None, ttls.cache_ttls()),
+            cache: Cache::with_connection(conn, None, ttls.cache_ttls()),
         })
     }
 

@@ -245,8 +245,8 @@ impl Handler {
                     grace_ms: config.cache_stale_grace_seconds.saturating_mul(1000),
                     tombstone_ms: config.cache_tombstone_ttl_seconds.saturating_mul(1000),
                 };
-                let client = crate::connect::redis_client(url, config.redis_ca_file.as_deref())?;
-                Self::CacheRefresh(cache_refresh::CacheRefresh::connect(client, ttls).await?)
+                let redis = crate::connect::redis_target(url, config.redis_ca_file.as_deref())?;
+                Self::CacheRefresh(cache_refresh::CacheRefresh::connect(redis, ttls).await?)
             }
         })
     }

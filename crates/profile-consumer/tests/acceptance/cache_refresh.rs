@@ -81,3 +81,93 @@ async fn newer_snapshots_are_written_older_ones_skipped_and_deletes_leave_a_mark
     assert_eq!(entry["p"]["country"], "ES");
     cache.stop().await;
 }
+
+#[tokio::test]
+async fn on_a_redis_cluster_the_entries_land_on_the_master_of_their_slot() {
+    // REDIS_URL naming several nodes is a Redis Cluster (the stack's: three masters with a
+    // replica each).
+    let cluster_url = statecast_testkit::redis_cluster_url().unwrap();
+    let topic = support::topic("cache-cluster", 1).await;
+    let users: Vec<String> = (0..12)
+        .map(|_| statecast_testkit::unique("cached-cluster"))
+        .collect();
+    let producer = support::producer();
+    for user in &users {
+        let v2 = support::event(EventType::UserUpdated, user, 2, "new@example.com", "DE");
+        let v1 = support::event(EventType::UserCreated, user, 1, "old@example.com", "PT");
+        support::produce(&producer, &topic, &v2).await;
+        support::produce(&producer, &topic, &v1).await;
+    }
+    let mut config = support::config(&topic, HandlerKind::CacheRefresh, None);
+    config.redis_url = Some(cluster_url.clone());
+    let cache = Running::start(config);
+    cache.wait_records("stale", 12.0).await;
+    assert_eq!(cache.records("processed").await, 12.0);
+
+    let nodes: Vec<&str> = cluster_url.split(',').collect();
+    let client = redis::cluster::ClusterClient::new(nodes).unwrap();
+    let mut redis = client.get_async_connection().await.unwrap();
+    for user in &users {
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(format!("profile:{user}"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&raw.unwrap()).unwrap();
+        assert_eq!(
+            (entry["v"].as_i64(), entry["k"].as_str()),
+            (Some(2), Some("p"))
+        );
+        assert_eq!(entry["p"]["country"], "DE");
+    }
+    cache.stop().await;
+}
+
+#[tokio::test]
+async fn a_master_killed_under_the_consumer_costs_retries_not_records() {
+    // A private cluster: the test kills one of its masters; its replica is promoted in a few
+    // seconds, and the records of that master's slots are retried (transient) until it is.
+    let mut cluster = statecast_testkit::PrivateCluster::start().await.unwrap();
+    let topic = support::topic("cache-failover", 1).await;
+    let users: Vec<String> = (0..12)
+        .map(|_| statecast_testkit::unique("cached-failover"))
+        .collect();
+    let producer = support::producer();
+    for user in &users {
+        let v1 = support::event(EventType::UserCreated, user, 1, "old@example.com", "PT");
+        support::produce(&producer, &topic, &v1).await;
+    }
+    let mut config = support::config(&topic, HandlerKind::CacheRefresh, None);
+    config.redis_url = Some(cluster.url());
+    let cache = Running::start(config);
+    cache.wait_records("processed", 12.0).await;
+
+    let victim = cluster.master_of(&format!("profile:{}", users[0])).unwrap();
+    cluster.kill(victim);
+    for user in &users {
+        let v2 = support::event(EventType::UserUpdated, user, 2, "new@example.com", "DE");
+        support::produce(&producer, &topic, &v2).await;
+    }
+    cache.wait_records("processed", 24.0).await;
+    assert_eq!(cache.records("dlq").await, 0.0, "nothing dead-lettered");
+
+    let url = cluster.url();
+    let nodes: Vec<&str> = url.split(',').collect();
+    let client = redis::cluster::ClusterClient::new(nodes).unwrap();
+    let mut redis = client.get_async_connection().await.unwrap();
+    for user in &users {
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(format!("profile:{user}"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&raw.unwrap()).unwrap();
+        assert_eq!(entry["v"].as_i64(), Some(2), "{user}: {entry}");
+    }
+    cache.stop().await;
+    cluster.restart(victim).await.unwrap();
+    cluster
+        .wait_healthy(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+}

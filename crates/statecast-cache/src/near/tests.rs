@@ -37,7 +37,7 @@ fn config(max_entries: u64, max_bytes: u64) -> NearConfig {
 /// A near cache whose tracking connection is up.
 async fn tracking(config: NearConfig) -> NearCache {
     let near = NearCache::new(config);
-    near.spawn_tracking(&client());
+    near.spawn_tracking(client());
     assert!(until(|| near.is_tracking()).await, "tracking never came up");
     near
 }
