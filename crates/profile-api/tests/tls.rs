@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{body, start, user, version_of};
 use profile_api::Config;
 use reqwest::StatusCode;
@@ -167,4 +169,53 @@ async fn a_redis_ca_file_with_a_plain_redis_url_is_refused() {
             testkit::redis_url()
         )
     );
+}
+
+/// The near cache's tracking connection is a RESP3 connection of its own, built from the
+/// API's Redis client: over `rediss://` it must keep the TLS settings and the CA, or the near
+/// cache would stay bypassed (or, worse, another replica's writes would go unseen).
+#[tokio::test]
+async fn the_near_cache_tracks_over_tls_and_sees_another_replicas_write() {
+    let stack = stack();
+    let config = tls_config(&stack).await;
+    let (a, b) = (
+        start(config.clone(), false).await,
+        start(config, false).await,
+    );
+    for t in [&a, &b] {
+        let near = t
+            .app
+            .near_cache()
+            .expect("near cache on by default")
+            .clone();
+        let up = common::eventually(Duration::from_secs(5), || async { near.is_tracking() }).await;
+        assert!(up, "the near cache never tracked over rediss://");
+    }
+    let id = user("tls-near");
+    assert_eq!(a.put(&id, &body("A")).await.status(), StatusCode::CREATED);
+    let near_hits = || async {
+        b.metric(
+            "profile_cache_lookups_total",
+            "result=\"hit\",tier=\"near\"",
+        )
+        .await
+    };
+    let before = near_hits().await;
+    let served_near = common::eventually(Duration::from_secs(5), || async {
+        assert_eq!(b.get(&id).await.status(), StatusCode::OK);
+        near_hits().await > before
+    })
+    .await;
+    assert!(served_near, "B never answered from its near cache over TLS");
+    assert_eq!(a.put(&id, &body("B")).await.status(), StatusCode::OK);
+    // The push comes over the TLS tracking connection; B must answer version 2 from now on.
+    let fresh = common::eventually(Duration::from_secs(5), || async {
+        version_of(&b.get(&id).await.json().await.unwrap()) == 2
+    })
+    .await;
+    assert!(
+        fresh,
+        "B kept answering version 1: no invalidation over TLS"
+    );
+    assert_eq!(b.metric("profile_near_cache_tracking", "").await, 1.0);
 }
