@@ -16,10 +16,13 @@
 //! - `scenarios`: the scenarios.
 //! - `fair`: the baselines' Kafka client settings, taken from the consumer's and the relay's own
 //!   configuration functions (never copied), and the check that they match.
+//! - `capacity`: `docs/capacity.md`, derived from `docs/benchmarks.md` (`--capacity-only` writes
+//!   it again from the file on disk).
 //! - `autoscaling`: section 7, the operator's autoscaling rules over a simulated burst (no
 //!   services; `--autoscaling-only` runs just it).
 
 mod autoscaling;
+mod capacity;
 mod fair;
 mod procs;
 mod report;
@@ -89,6 +92,9 @@ pub struct Args {
     /// section of docs/benchmarks.md in place (unless --no-docs).
     #[arg(long)]
     pub autoscaling_only: bool,
+    /// Only write docs/capacity.md again from the docs/benchmarks.md on disk (no services).
+    #[arg(long)]
+    pub capacity_only: bool,
 }
 
 #[tokio::main]
@@ -105,6 +111,14 @@ async fn main() -> anyhow::Result<()> {
     }
     .canonicalize()
     .context("repository root")?;
+    if args.capacity_only {
+        let benchmarks = std::fs::read_to_string(root.join("docs/benchmarks.md"))
+            .context("read docs/benchmarks.md")?;
+        let path = root.join("docs/capacity.md");
+        std::fs::write(&path, capacity::render(&benchmarks, capacity::EXAMPLE))?;
+        println!("wrote {}", path.display());
+        return Ok(());
+    }
     if args.autoscaling_only {
         let simulation = autoscaling::simulate();
         println!("{}", simulation.text());

@@ -1493,9 +1493,13 @@ impl Bench {
         };
         let machine = machine_facts().await;
         let md = self.report.markdown(&machine, &plots, &took);
-        std::fs::write(self.root.join("docs/benchmarks.md"), md)?;
+        std::fs::write(self.root.join("docs/benchmarks.md"), &md)?;
+        std::fs::write(
+            self.root.join("docs/capacity.md"),
+            crate::capacity::render(&md, crate::capacity::EXAMPLE),
+        )?;
         println!(
-            "wrote docs/benchmarks.md and {} plots in docs/bench/",
+            "wrote docs/benchmarks.md, docs/capacity.md and {} plots in docs/bench/",
             plots.len()
         );
         Ok(())
