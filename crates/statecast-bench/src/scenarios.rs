@@ -248,7 +248,12 @@ impl Bench {
             self.scenario4().await?;
         }
         if wants(8) {
-            self.scenario8().await?;
+            // The broker may not keep up with a large drain (tansu); the other scenarios still run.
+            if let Err(error) = self.scenario8().await {
+                eprintln!("[bench] scenario 8 failed: {error:#}");
+                self.report
+                    .note(format!("8: the scenario failed and has no rows: {error:#}"));
+            }
         }
         if wants(6) {
             self.scenario6();

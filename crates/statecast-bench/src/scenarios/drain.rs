@@ -265,15 +265,27 @@ impl Bench {
 /// as the relay's producer has (it is made when the relay becomes the leader, before the
 /// backlog exists).
 async fn warm_up(producer: &FutureProducer, topic: &str) -> anyhow::Result<()> {
-    let client = producer.clone();
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        client
-            .client()
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .map(|_| ())
-    })
-    .await??;
+    // After a large drain and read-back tansu can stay busy for a while (its single storage
+    // task): ask again until a minute has passed rather than fail the scenario on one timeout.
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        let client = producer.clone();
+        let topic = topic.to_owned();
+        let asked = tokio::task::spawn_blocking(move || {
+            client
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map(|_| ())
+        })
+        .await?;
+        match asked {
+            Ok(()) => break,
+            Err(error) if Instant::now() < give_up => {
+                eprintln!("[bench] metadata of {topic}: {error}; asking again");
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(())
 }
