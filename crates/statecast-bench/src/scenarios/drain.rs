@@ -270,11 +270,11 @@ async fn warm_up(producer: &FutureProducer, topic: &str) -> anyhow::Result<()> {
     let give_up = Instant::now() + Duration::from_secs(60);
     loop {
         let client = producer.clone();
-        let topic = topic.to_owned();
+        let name = topic.to_owned();
         let asked = tokio::task::spawn_blocking(move || {
             client
                 .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .fetch_metadata(Some(&name), Duration::from_secs(10))
                 .map(|_| ())
         })
         .await?;
