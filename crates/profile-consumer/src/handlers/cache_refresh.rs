@@ -15,7 +15,12 @@
 //! or a value the API filled itself (`duplicate`) — except that a profile replaces an
 //! invalidation marker of its own version, as the API's fills do; older is `stale`. No
 //! `processed_event` table is needed: the compare makes every replay a no-op.
+//!
+//! A batch (the records of one poll of a partition) is written as one chain of compares per
+//! user, in offset order, the chains concurrently: the multiplexed connection pipelines them.
+//! A batch that fails half-way can be repeated whole, since a repeated compare is a no-op.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -79,6 +84,40 @@ impl CacheRefresh {
         Ok(Self {
             cache: Cache::with_manager(redis, None, ttls.cache_ttls()),
         })
+    }
+
+    /// Writes a batch of deliveries (offset order); one outcome per delivery, in order.
+    #[tracing::instrument(name = "cache-refresh batch", skip_all, fields(events = deliveries.len()), err)]
+    pub async fn handle_batch(
+        &self,
+        deliveries: &[Delivery<'_>],
+    ) -> Result<Vec<Outcome>, HandlerError> {
+        let mut chains: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, delivery) in deliveries.iter().enumerate() {
+            chains
+                .entry(delivery.event.subject.as_str())
+                .or_default()
+                .push(i);
+        }
+        let writes = chains.into_values().map(|chain| async move {
+            let mut outcomes = Vec::with_capacity(chain.len());
+            for i in chain {
+                let event = deliveries[i].event;
+                let written = self
+                    .cache
+                    .refresh(&event.subject, profile_of(event), event.profileversion)
+                    .await?;
+                outcomes.push((i, outcome_of(written)));
+            }
+            Ok::<_, HandlerError>(outcomes)
+        });
+        let mut outcomes = vec![Outcome::Duplicate; deliveries.len()];
+        for chain in futures::future::join_all(writes).await {
+            for (i, outcome) in chain? {
+                outcomes[i] = outcome;
+            }
+        }
+        Ok(outcomes)
     }
 
     /// Writes `profile:{id}` if the event is newer than what is cached.
