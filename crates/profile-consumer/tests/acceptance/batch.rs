@@ -74,6 +74,10 @@ async fn a_batch_of_many_events_for_few_users_applies_each_once_in_version_order
             ));
         }
     }
+    // User 3's versions 21 and 20 swap places (both early in the stream, so in one batch):
+    // 20 must be found stale against 21, an earlier event of its own batch.
+    let swapped = (20 - 1) * USERS + 3;
+    events.swap(swapped, swapped + USERS);
     for (i, event) in events.iter().enumerate() {
         support::produce(&producer, &topic, event).await;
         if i == 30 {
@@ -90,7 +94,9 @@ async fn a_batch_of_many_events_for_few_users_applies_each_once_in_version_order
         "XX",
     );
     support::produce(&producer, &topic, &late).await;
-    let distinct = events.len() as f64;
+    // Every distinct event but the two stale ones (user 3's version 20, the late one).
+    let applied = events.len() - 1;
+    let distinct = applied as f64;
 
     let audit = Running::start(support::config(&topic, HandlerKind::Audit, Some(&db)));
     let analytics = Running::start(support::config(&topic, HandlerKind::Analytics, Some(&db)));
@@ -99,13 +105,13 @@ async fn a_batch_of_many_events_for_few_users_applies_each_once_in_version_order
     let email = Running::start(email_config);
     for consumer in [&audit, &analytics, &email] {
         consumer.wait_records("processed", distinct).await;
-        consumer.wait_records("stale", 1.0).await;
+        consumer.wait_records("stale", 2.0).await;
         consumer.wait_records("duplicate", 2.0).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await; // anything doubled shows up
     for consumer in [&audit, &analytics, &email] {
         assert_eq!(consumer.records("processed").await, distinct);
-        assert_eq!(consumer.records("stale").await, 1.0);
+        assert_eq!(consumer.records("stale").await, 2.0);
         assert_eq!(consumer.records("duplicate").await, 2.0);
         assert_eq!(consumer.records("dlq").await, 0.0);
         assert!(batched(consumer).await, "the records went through batches");
@@ -127,6 +133,9 @@ async fn a_batch_of_many_events_for_few_users_applies_each_once_in_version_order
         let mut expected: Vec<i64> = (1..=VERSIONS).collect();
         if user == 2 {
             expected.push(3);
+        }
+        if user == 3 {
+            expected.swap(19, 20);
         }
         assert_eq!(per_user[format!("{tag}-u{user}").as_str()], expected);
     }
@@ -168,24 +177,26 @@ async fn a_batch_of_many_events_for_few_users_applies_each_once_in_version_order
             .unwrap();
     assert_eq!(states, vec![(last_country.to_owned(), VERSIONS); USERS]);
 
-    // email: one mail per applied event, each Message-ID once.
+    // email: one mail per applied event, each Message-ID once; none for the stale one.
     assert_eq!(
         support::count(
             &pool,
             "select count(*) from email_outbox where status = 'sent'"
         )
         .await,
-        events.len() as i64
+        applied as i64
     );
     let mails = mails_tagged(&tag);
-    assert_eq!(mails.len(), events.len());
-    for event in &events {
+    assert_eq!(mails.len(), applied);
+    for (i, event) in events.iter().enumerate() {
         let id = format!("<{}@statecast>", event.id).to_ascii_lowercase();
+        let expected = usize::from(i != swapped + USERS);
         assert_eq!(
             mails.iter().filter(|m| m.contains(&id)).count(),
-            1,
-            "one mail for event {}",
-            event.id
+            expected,
+            "mails for event {} (version {})",
+            event.id,
+            event.profileversion
         );
     }
     for consumer in [audit, analytics, email] {
