@@ -37,7 +37,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::consumer::{Context, Health};
 use crate::dlq::{self, DeadLetter, Reason};
-use crate::handlers::{Delivery, ErrorClass, Handler};
+use crate::handlers::{Delivery, ErrorClass, Handler, Outcome};
 use crate::metrics::{Metrics, RecordResult};
 use crate::retry::Backoff;
 
@@ -283,7 +283,8 @@ impl PartitionRun {
             }
             _ => {}
         }
-        match self.process_together(run).await {
+        let mut outcomes = vec![None; run.len()];
+        match self.process_together(run, &mut outcomes).await {
             Together::Applied => {
                 return Progress {
                     done: last,
@@ -299,12 +300,18 @@ impl PartitionRun {
             Together::Refused => {}
         }
         let mut done = None;
-        for record in run {
+        for (record, outcome) in run.iter().zip(outcomes) {
             if self.retire.is_cancelled() {
                 return Progress {
                     done,
                     disposition: Disposition::Abandoned,
                 };
+            }
+            if let Some(outcome) = outcome {
+                // Applied by the batch attempt before it failed (cache-refresh).
+                self.shared.metrics.record(outcome.into());
+                done = Some(record.message.offset());
+                continue;
             }
             let disposition = self
                 .process_one(record)
@@ -322,7 +329,11 @@ impl PartitionRun {
     }
 
     /// Applies `run` in one handler call, retrying it whole while the failure is transient.
-    async fn process_together(&mut self, run: &[Decoded<'_>]) -> Together {
+    async fn process_together(
+        &mut self,
+        run: &[Decoded<'_>],
+        outcomes: &mut [Option<Outcome>],
+    ) -> Together {
         let shared = self.shared.clone();
         let deliveries: Vec<Delivery<'_>> = run
             .iter()
@@ -355,15 +366,16 @@ impl PartitionRun {
             let started = Instant::now();
             let result = shared
                 .handler
-                .handle_batch(&shared.group, &deliveries)
+                .handle_batch(&shared.group, &deliveries, outcomes)
                 .instrument(span.clone())
                 .await;
             shared
                 .metrics
                 .observe_handler(started.elapsed().as_secs_f64());
             let error = match result {
-                Ok(outcomes) => {
-                    for (record, outcome) in run.iter().zip(outcomes) {
+                Ok(()) => {
+                    for (record, outcome) in run.iter().zip(outcomes.iter()) {
+                        let Some(outcome) = *outcome else { continue };
                         record.span.in_scope(|| {
                             tracing::info!(?outcome, attempt, batch = run.len(), "record handled");
                         });

@@ -86,38 +86,57 @@ impl CacheRefresh {
         })
     }
 
-    /// Writes a batch of deliveries (offset order); one outcome per delivery, in order.
+    /// Writes a batch of deliveries (offset order) that have no outcome yet, filling each slot
+    /// of `outcomes` once its write is done: a retry after a failure (a master failing over)
+    /// writes only the rest, so no record is counted twice. The first failure is returned.
     #[tracing::instrument(name = "cache-refresh batch", skip_all, fields(events = deliveries.len()), err)]
     pub async fn handle_batch(
         &self,
         deliveries: &[Delivery<'_>],
-    ) -> Result<Vec<Outcome>, HandlerError> {
+        outcomes: &mut [Option<Outcome>],
+    ) -> Result<(), HandlerError> {
         let mut chains: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, delivery) in deliveries.iter().enumerate() {
-            chains
-                .entry(delivery.event.subject.as_str())
-                .or_default()
-                .push(i);
+            if outcomes.get(i).is_some_and(Option::is_none) {
+                chains
+                    .entry(delivery.event.subject.as_str())
+                    .or_default()
+                    .push(i);
+            }
         }
         let writes = chains.into_values().map(|chain| async move {
-            let mut outcomes = Vec::with_capacity(chain.len());
+            let mut written = Vec::with_capacity(chain.len());
             for i in chain {
                 let event = deliveries[i].event;
-                let written = self
+                match self
                     .cache
                     .refresh(&event.subject, profile_of(event), event.profileversion)
-                    .await?;
-                outcomes.push((i, outcome_of(written)));
+                    .await
+                {
+                    Ok(answer) => written.push((i, outcome_of(answer))),
+                    // The user's later events wait for the retry, in order.
+                    Err(e) => return (written, Some((i, HandlerError::from(e)))),
+                }
             }
-            Ok::<_, HandlerError>(outcomes)
+            (written, None)
         });
-        let mut outcomes = vec![Outcome::Duplicate; deliveries.len()];
-        for chain in futures::future::join_all(writes).await {
-            for (i, outcome) in chain? {
-                outcomes[i] = outcome;
+        let mut failed: Option<(usize, HandlerError)> = None;
+        for (written, error) in futures::future::join_all(writes).await {
+            for (i, outcome) in written {
+                if let Some(slot) = outcomes.get_mut(i) {
+                    *slot = Some(outcome);
+                }
+            }
+            if let Some((i, error)) = error
+                && failed.as_ref().is_none_or(|(first, _)| i < *first)
+            {
+                failed = Some((i, error));
             }
         }
-        Ok(outcomes)
+        match failed {
+            Some((_, error)) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// Writes `profile:{id}` if the event is newer than what is cached.

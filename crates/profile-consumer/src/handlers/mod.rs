@@ -307,23 +307,29 @@ impl Handler {
         }
     }
 
-    /// Applies the events of one partition's batch, given in offset order, each once: all or
-    /// nothing for the PostgreSQL handlers (one transaction). Returns one outcome per
-    /// delivery, in order. On an error nothing of the batch is left half-applied that a retry
-    /// or the one-at-a-time path ([`Handler::handle`]) would not recognise (claims roll back;
-    /// a mail sent is marked, an unsent reservation is resent; a cache write is a no-op when
-    /// repeated).
+    /// Applies the events of one partition's batch, given in offset order, each once, and
+    /// fills `outcomes` (one slot per delivery). The PostgreSQL handlers are all or nothing
+    /// (one transaction): every slot is filled on success, none on an error. `cache-refresh`
+    /// is not atomic: a slot is filled as soon as its write is done, and a retry with the same
+    /// slots skips the records already written, so each is counted once. Whatever an error
+    /// leaves behind, a retry or the one-at-a-time path ([`Handler::handle`]) recognises it
+    /// (claims roll back; a mail sent is marked, an unsent reservation is resent).
     pub async fn handle_batch(
         &self,
         group: &str,
         deliveries: &[Delivery<'_>],
-    ) -> Result<Vec<Outcome>, HandlerError> {
-        match self {
-            Self::Audit(h) => h.handle_batch(group, deliveries).await,
-            Self::Analytics(h) => h.handle_batch(group, deliveries).await,
-            Self::Email(h) => h.handle_batch(group, deliveries).await,
-            Self::CacheRefresh(h) => h.handle_batch(deliveries).await,
+        outcomes: &mut [Option<Outcome>],
+    ) -> Result<(), HandlerError> {
+        let all = match self {
+            Self::Audit(h) => h.handle_batch(group, deliveries).await?,
+            Self::Analytics(h) => h.handle_batch(group, deliveries).await?,
+            Self::Email(h) => h.handle_batch(group, deliveries).await?,
+            Self::CacheRefresh(h) => return h.handle_batch(deliveries, outcomes).await,
+        };
+        for (slot, outcome) in outcomes.iter_mut().zip(all) {
+            *slot = Some(outcome);
         }
+        Ok(())
     }
 }
 
