@@ -66,6 +66,28 @@ fn spawn_handler(
     (child, addr)
 }
 
+/// Waits until the consumer serving `addr` is in its group, and a few heartbeats more.
+///
+/// The first consumer of a kill test is started before the events are produced, so the kill
+/// lands in the middle of the stream (batched, 1000 records take a few tens of milliseconds)
+/// and not in the member's first moments in the group: tansu (patched 0.6.0), under the load of
+/// the whole suite, did not expire a member SIGKILLed right after its join, and the restarted
+/// consumer then waited with no partitions until the test timed out (also with
+/// `CONSUMER_BATCH_MAX=1`; no record was lost or doubled).
+async fn settled(addr: std::net::SocketAddr) {
+    support::wait_until(
+        "first consumer ready",
+        Duration::from_secs(60),
+        || async move {
+            support::http_get(addr, "/readyz")
+                .await
+                .is_ok_and(|(status, _)| status == 200)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
 #[tokio::test]
 async fn kill_9_in_the_middle_of_1000_events_then_restart_applies_each_exactly_once() {
     let db = statecast_testkit::fresh_database().await.unwrap();
@@ -85,6 +107,8 @@ async fn kill_9_in_the_middle_of_1000_events_then_restart_applies_each_exactly_o
         let topic = &topic;
         async move { support::produce(producer, topic, &event).await }
     });
+    let (mut first, first_addr) = spawn(&topic, &group, &db, "first");
+    settled(first_addr).await;
     futures::future::join_all(sends).await;
 
     let pool = support::pool(&db).await;
@@ -96,7 +120,6 @@ async fn kill_9_in_the_middle_of_1000_events_then_restart_applies_each_exactly_o
             .unwrap_or(0)
     };
 
-    let (mut first, _) = spawn(&topic, &group, &db, "first");
     support::wait_until("first rows", Duration::from_secs(60), || async {
         rows(pool.clone()).await >= 1
     })
@@ -175,6 +198,8 @@ async fn kill_9_in_the_middle_of_analytics_batches_then_restart_counts_each_even
             support::produce(producer, topic, &moved).await;
         }
     });
+    let (mut first, first_addr) = spawn_handler(&topic, &group, &db, "first", "analytics");
+    settled(first_addr).await;
     futures::future::join_all(sends).await;
 
     let pool = support::pool(&db).await;
@@ -186,7 +211,6 @@ async fn kill_9_in_the_middle_of_analytics_batches_then_restart_counts_each_even
         .await
         .unwrap_or(0)
     };
-    let (mut first, _) = spawn_handler(&topic, &group, &db, "first", "analytics");
     support::wait_until("200 changes", Duration::from_secs(60), || async {
         changes(pool.clone()).await >= 200
     })
