@@ -15,6 +15,8 @@ pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
 pub const DEFAULT_TOPIC: &str = "user-events";
 /// Default `MAX_RETRIES`.
 pub const DEFAULT_MAX_RETRIES: u32 = 5;
+/// Default `CONSUMER_BATCH_MAX`.
+pub const DEFAULT_BATCH_MAX: usize = 200;
 /// Default `METRICS_ADDR`.
 pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9090";
 /// Default `MAIL_FROM`.
@@ -136,6 +138,12 @@ pub struct Config {
     #[arg(long, env = "MAX_RETRIES", default_value_t = DEFAULT_MAX_RETRIES)]
     pub max_retries: u32,
 
+    /// Most records of one partition applied together (one transaction for the PostgreSQL
+    /// handlers): what is already queued when the worker is ready, never waiting for more.
+    /// `1` applies records one at a time.
+    #[arg(long, env = "CONSUMER_BATCH_MAX", default_value_t = DEFAULT_BATCH_MAX)]
+    pub consumer_batch_max: usize,
+
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
@@ -200,6 +208,7 @@ impl Config {
             smtp_ca_file: None,
             dlq_topic: None,
             max_retries: DEFAULT_MAX_RETRIES,
+            consumer_batch_max: DEFAULT_BATCH_MAX,
             metrics_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
             retry_base_backoff_ms: 100,
             retry_max_backoff_ms: 5000,
@@ -245,6 +254,11 @@ impl Config {
     /// Attempts per record, at least one.
     pub fn attempts(&self) -> u32 {
         self.max_retries.max(1)
+    }
+
+    /// Records per batch, at least one.
+    pub fn batch_max(&self) -> usize {
+        self.consumer_batch_max.max(1)
     }
 
     /// The backoff schedule between attempts.

@@ -1,6 +1,7 @@
 //! The consume loop: records are handed, in order, to one worker per assigned partition
-//! ([`crate::partition`]), which applies the effect first and stores the offset after. Partitions
-//! go on concurrently; a partition waiting for a dependency is paused alone.
+//! ([`crate::partition`]), which applies the effects of what it has queued as one batch first
+//! and stores the batch's last offset after. Partitions go on concurrently; a partition waiting
+//! for a dependency is paused alone.
 //!
 //! Offsets: `enable.auto.commit=true` with `enable.auto.offset.store=false`. An offset is
 //! *stored* only once the record's effect is durable (or its dead letter is acknowledged), and
@@ -12,9 +13,10 @@
 //! assigned again gets a new worker that starts only after the old one finished, so one
 //! partition's records are never handled twice at once.
 //!
-//! Shutdown: when the token is cancelled every worker finishes its in-flight record (a record in
-//! its retry backoff is abandoned, unstored, to be redelivered), then the loop commits
-//! synchronously and closes the consumer, which leaves the group so its partitions move at once.
+//! Shutdown: when the token is cancelled every worker finishes its in-flight batch (a batch or
+//! record in its retry backoff is abandoned, unstored from there on, to be redelivered), then
+//! the loop commits synchronously and closes the consumer, which leaves the group so its
+//! partitions move at once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -134,6 +136,7 @@ async fn consume(
         group: config.kafka_group_id.clone(),
         dlq_topic,
         attempts: config.attempts(),
+        batch_max: config.batch_max(),
         backoff: config.backoff(),
     });
     let mut workers: HashMap<(String, i32), Worker> = HashMap::new();

@@ -15,6 +15,8 @@
 //! - [`consumer`]: the consume loop, rebalance hooks and graceful shutdown ([`run`]); the client
 //!   settings ([`consumer::client_config`], [`consumer::FETCH_AND_COMMIT`], which the
 //!   benchmark's bare baselines apply too).
+//! - `batch`: what one partition's batch is (the records already queued, up to
+//!   `CONSUMER_BATCH_MAX`).
 //! - `partition`: one worker per assigned partition; where a failure is retried, paused on or
 //!   dead-lettered.
 //! - [`retry`]: the exponential backoff schedule.
@@ -24,6 +26,7 @@
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`telemetry`]: the per-record `process {topic}` span and trace-id helpers.
 
+mod batch;
 pub mod config;
 mod connect;
 pub mod consumer;

@@ -58,8 +58,8 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         return;
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: finishing the in-flight record and leaving the group"),
-        _ = int.recv() => tracing::info!("SIGINT: finishing the in-flight record and leaving the group"),
+        _ = term.recv() => tracing::info!("SIGTERM: finishing the in-flight batch and leaving the group"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing the in-flight batch and leaving the group"),
     }
     shutdown.cancel();
 }

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the consumer:
 //! - `consumer_records_total{result}`: records by outcome (`processed`, `duplicate`, `stale`, `dlq`);
-//! - `consumer_handler_duration_seconds`: time of each handler attempt;
+//! - `consumer_handler_duration_seconds`: time of each handler attempt (at a record, or at a
+//!   whole batch);
+//! - `consumer_batch_size`: records per batch a partition worker took from its queue;
 //! - `consumer_retries_total{reason}`: failed attempts that will be retried, by what failed
 //!   (`database`, `redis`, `smtp`, `kafka` for a dead letter not produced);
 //! - `consumer_paused_partitions`: partitions paused while their record waits for a dependency;
@@ -67,6 +69,7 @@ struct LagLabels {
 pub struct Metrics {
     records: Family<ResultLabels, Counter>,
     handler_duration: Histogram,
+    batch_size: Histogram,
     retries: Family<RetryLabels, Counter>,
     paused: Gauge,
     lag: Family<LagLabels, Gauge>,
@@ -77,6 +80,8 @@ impl Default for Metrics {
         Self {
             records: Family::default(),
             handler_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            // 1, 2, 4, ... 512: the default CONSUMER_BATCH_MAX (200) falls in the last buckets.
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             retries: Family::default(),
             paused: Gauge::default(),
             lag: Family::default(),
@@ -96,6 +101,11 @@ impl Metrics {
             "consumer_handler_duration_seconds",
             "Duration of one handler attempt",
             self.handler_duration.clone(),
+        );
+        registry.register(
+            "consumer_batch_size",
+            "Records per batch a partition worker took from its queue",
+            self.batch_size.clone(),
         );
         registry.register(
             "consumer_retries",
@@ -139,6 +149,11 @@ impl Metrics {
         self.handler_duration.observe(seconds);
     }
 
+    /// Observes the size of one batch.
+    pub fn observe_batch(&self, records: usize) {
+        self.batch_size.observe(records as f64);
+    }
+
     /// Replaces the lag gauges with the partitions this consumer fetches now.
     pub fn update_lag(&self, statistics: &Statistics) {
         self.lag.clear();
@@ -173,6 +188,7 @@ mod tests {
         metrics.record(RecordResult::Processed);
         metrics.record(RecordResult::Processed);
         metrics.observe_handler(0.01);
+        metrics.observe_batch(3);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
@@ -187,5 +203,6 @@ mod tests {
             text.contains("consumer_handler_duration_seconds_count 1"),
             "{text}"
         );
+        assert!(text.contains("consumer_batch_size_sum 3.0"), "{text}");
     }
 }

@@ -1,5 +1,8 @@
-//! One worker per assigned partition: records of a partition are handled in order, one at a
-//! time, while the other partitions go on concurrently. This is where a failure is decided:
+//! One worker per assigned partition: records of a partition are handled in order, a batch at
+//! a time (what is queued when the worker is ready, see `batch`), while the other partitions go
+//! on concurrently. A batch's decodable records are applied together ([`Handler::handle_batch`]:
+//! one transaction for the PostgreSQL handlers); an undecodable one is dead-lettered in its
+//! place, between the records before it and those after. This is where a failure is decided:
 //!
 //! - **transient** (a dependency down): retried without end with capped, jittered exponential
 //!   backoff. The partition is paused in librdkafka meanwhile (it fetches nothing more; the
@@ -8,13 +11,19 @@
 //! - **permanent** (undecodable, refused): dead-lettered at once.
 //! - **unknown**: retried `MAX_RETRIES` times, then dead-lettered as `retries-exhausted`.
 //!
-//! A record's offset is stored only after its effect is durable or its dead letter was
-//! acknowledged, and never by a worker that was retired (its partition revoked): the new owner
-//! replays from the committed offset, and the handlers' dedup makes the replay harmless.
+//! For a batch: a transient failure retries the whole batch (paused, as above); a permanent or
+//! unknown one rolls it back and applies its records one at a time, as above, so a poison
+//! record is dead-lettered alone and the others are applied.
+//!
+//! Offsets are stored in order, after the batch: the last offset whose record (and every one
+//! before it) has its effect durable or its dead letter acknowledged. Never by a worker that
+//! was retired (its partition revoked): the new owner replays from the committed offset, and
+//! the handlers' dedup makes the replay harmless.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
@@ -24,10 +33,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::consumer::{Context, Health};
 use crate::dlq::{self, DeadLetter, Reason};
-use crate::handlers::{Delivery, ErrorClass, Handler};
+use crate::handlers::{Delivery, ErrorClass, Handler, Outcome};
 use crate::metrics::{Metrics, RecordResult};
 use crate::retry::Backoff;
 
@@ -42,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) dlq_topic: String,
     /// Attempts at a record whose failure is of [`ErrorClass::Unknown`].
     pub(crate) attempts: u32,
+    /// Most records per batch (`CONSUMER_BATCH_MAX`, at least 1).
+    pub(crate) batch_max: usize,
     pub(crate) backoff: Backoff,
 }
 
@@ -113,8 +125,10 @@ impl Worker {
         self.task
     }
 
-    /// Stops the worker for shutdown: like [`Worker::retire`], but the record in progress still
-    /// has its offset stored (the partition is still ours), so a restart does not replay it.
+    /// Stops the worker for shutdown: like [`Worker::retire`], but the batch in progress is
+    /// finished (a record in its retry backoff abandoned, with the rest of the batch) and what
+    /// of it is done has its offset stored (the partition is still ours), so a restart does
+    /// not replay it.
     pub(crate) fn stop(self) -> JoinHandle<()> {
         self.stop.cancel();
         self.task
@@ -130,6 +144,16 @@ enum Disposition {
     Abandoned,
 }
 
+/// What became of a batch applied together.
+enum Together {
+    /// Every record's effect is durable.
+    Applied,
+    /// Nothing was applied and retrying the batch cannot help: apply it one record at a time.
+    Refused,
+    /// Retirement or shutdown interrupted its retries.
+    Abandoned,
+}
+
 struct PartitionRun {
     shared: Arc<Shared>,
     topic: String,
@@ -140,10 +164,26 @@ struct PartitionRun {
     paused: bool,
 }
 
+/// A decoded record of a batch, with its span and trace id.
+struct Decoded<'a> {
+    message: &'a OwnedMessage,
+    event: ProfileEvent,
+    trace_id: Option<String>,
+    span: tracing::Span,
+}
+
+/// How far a batch (or part of it) got: the last offset that may be stored, and whether the
+/// rest was abandoned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    done: Option<i64>,
+    disposition: Disposition,
+}
+
 impl PartitionRun {
     async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<OwnedMessage>) {
         loop {
-            let message = tokio::select! {
+            let first = tokio::select! {
                 biased;
                 () = self.retire.cancelled() => break,
                 () = self.stop.cancelled() => break,
@@ -152,41 +192,230 @@ impl PartitionRun {
                     None => break,
                 },
             };
-            let span = crate::telemetry::record_span(&message, &self.shared.group);
-            let disposition = self.process(&message, &span).instrument(span.clone()).await;
-            if disposition == Disposition::Abandoned || self.retire.is_cancelled() {
+            let batch = crate::batch::drain_ready(first, &mut inbox, self.shared.batch_max);
+            self.shared.metrics.observe_batch(batch.len());
+            let progress = self.process_batch(&batch).await;
+            if self.retire.is_cancelled() {
                 break;
             }
-            if let Err(e) =
-                self.shared
-                    .consumer
-                    .store_offset(&self.topic, self.partition, message.offset())
+            if let Some(offset) = progress.done
+                && let Err(e) =
+                    self.shared
+                        .consumer
+                        .store_offset(&self.topic, self.partition, offset)
             {
-                // The partition was revoked meanwhile; its new owner replays the record.
+                // The partition was revoked meanwhile; its new owner replays the records.
                 tracing::warn!(error = %e, "cannot store the offset");
+            }
+            if progress.disposition == Disposition::Abandoned {
+                break;
             }
         }
         self.set_paused(false);
     }
 
-    async fn process(&mut self, message: &OwnedMessage, span: &tracing::Span) -> Disposition {
-        let event = match ProfileEvent::from_json(message.payload().unwrap_or_default()) {
-            Ok(event) => event,
-            Err(e) => {
-                tracing::warn!(error = %e, "undecodable record");
-                span.record("error.type", "undecodable");
-                return self
-                    .dead_letter(message, Reason::Undecodable, e.to_string(), 0)
+    /// Decodes a batch and applies it in order: runs of decodable records together, each
+    /// undecodable one dead-lettered in its place.
+    async fn process_batch(&mut self, batch: &[OwnedMessage]) -> Progress {
+        let mut done = None;
+        let mut run: Vec<Decoded<'_>> = Vec::with_capacity(batch.len());
+        for message in batch {
+            let span = crate::telemetry::record_span(message, &self.shared.group);
+            let event = match ProfileEvent::from_json(message.payload().unwrap_or_default()) {
+                Ok(event) => event,
+                Err(e) => {
+                    let before = self.apply_run(&run).await;
+                    run.clear();
+                    done = before.done.or(done);
+                    if before.disposition == Disposition::Abandoned {
+                        return Progress {
+                            done,
+                            disposition: Disposition::Abandoned,
+                        };
+                    }
+                    let disposition = async {
+                        tracing::warn!(error = %e, "undecodable record");
+                        span.record("error.type", "undecodable");
+                        self.dead_letter(message, Reason::Undecodable, e.to_string(), 0)
+                            .await
+                    }
+                    .instrument(span.clone())
                     .await;
+                    if disposition == Disposition::Abandoned {
+                        return Progress { done, disposition };
+                    }
+                    done = Some(message.offset());
+                    continue;
+                }
+            };
+            span.record("messaging.message.id", tracing::field::display(event.id));
+            run.push(Decoded {
+                trace_id: crate::telemetry::record_trace_id(message.headers()),
+                message,
+                event,
+                span,
+            });
+        }
+        let last = self.apply_run(&run).await;
+        Progress {
+            done: last.done.or(done),
+            disposition: last.disposition,
+        }
+    }
+
+    /// Applies consecutive decoded records: together, or one at a time after a batch failure
+    /// that is not transient (or when there is only one).
+    async fn apply_run(&mut self, run: &[Decoded<'_>]) -> Progress {
+        let last = run.last().map(|d| d.message.offset());
+        match run {
+            [] => {
+                return Progress {
+                    done: None,
+                    disposition: Disposition::Done,
+                };
             }
-        };
-        span.record("messaging.message.id", tracing::field::display(event.id));
-        let trace_id = crate::telemetry::record_trace_id(message.headers());
+            [one] => {
+                let disposition = self.process_one(one).instrument(one.span.clone()).await;
+                return Progress {
+                    done: (disposition == Disposition::Done).then_some(last).flatten(),
+                    disposition,
+                };
+            }
+            _ => {}
+        }
+        let mut outcomes = vec![None; run.len()];
+        match self.process_together(run, &mut outcomes).await {
+            Together::Applied => {
+                return Progress {
+                    done: last,
+                    disposition: Disposition::Done,
+                };
+            }
+            Together::Abandoned => {
+                return Progress {
+                    done: None,
+                    disposition: Disposition::Abandoned,
+                };
+            }
+            Together::Refused => {}
+        }
+        let mut done = None;
+        for (record, outcome) in run.iter().zip(outcomes) {
+            if self.retire.is_cancelled() {
+                return Progress {
+                    done,
+                    disposition: Disposition::Abandoned,
+                };
+            }
+            if let Some(outcome) = outcome {
+                // Applied by the batch attempt before it failed (cache-refresh).
+                self.shared.metrics.record(outcome.into());
+                done = Some(record.message.offset());
+                continue;
+            }
+            let disposition = self
+                .process_one(record)
+                .instrument(record.span.clone())
+                .await;
+            if disposition == Disposition::Abandoned {
+                return Progress { done, disposition };
+            }
+            done = Some(record.message.offset());
+        }
+        Progress {
+            done,
+            disposition: Disposition::Done,
+        }
+    }
+
+    /// Applies `run` in one handler call, retrying it whole while the failure is transient.
+    async fn process_together(
+        &mut self,
+        run: &[Decoded<'_>],
+        outcomes: &mut [Option<Outcome>],
+    ) -> Together {
+        let shared = self.shared.clone();
+        let deliveries: Vec<Delivery<'_>> = run
+            .iter()
+            .map(|d| Delivery {
+                event: &d.event,
+                group: &shared.group,
+                trace_id: d.trace_id.as_deref(),
+            })
+            .collect();
+        let span = tracing::info_span!(
+            "process batch",
+            otel.name = %format!("process {}", self.topic),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.name = "process",
+            messaging.operation.type = "process",
+            messaging.destination.name = %self.topic,
+            messaging.consumer.group.name = %shared.group,
+            messaging.destination.partition.id = %self.partition,
+            messaging.batch.message_count = run.len(),
+            error.type = tracing::field::Empty,
+        );
+        for record in run {
+            // The batch's work is linked to every record's span (and so to its producer).
+            span.add_link(record.span.context().span().span_context().clone());
+        }
+        let mut attempt: u32 = 0;
+        loop {
+            attempt = attempt.saturating_add(1);
+            let started = Instant::now();
+            let result = shared
+                .handler
+                .handle_batch(&shared.group, &deliveries, outcomes)
+                .instrument(span.clone())
+                .await;
+            shared
+                .metrics
+                .observe_handler(started.elapsed().as_secs_f64());
+            let error = match result {
+                Ok(()) => {
+                    for (record, outcome) in run.iter().zip(outcomes.iter()) {
+                        let Some(outcome) = *outcome else { continue };
+                        record.span.in_scope(|| {
+                            tracing::info!(?outcome, attempt, batch = run.len(), "record handled");
+                        });
+                        shared.metrics.record(outcome.into());
+                    }
+                    self.set_paused(false);
+                    return Together::Applied;
+                }
+                Err(e) => e,
+            };
+            span.record("error.type", error.kind());
+            if error.class() != ErrorClass::Transient {
+                tracing::warn!(
+                    parent: &span,
+                    error = %error,
+                    class = ?error.class(),
+                    records = run.len(),
+                    "batch failed; applying its records one at a time"
+                );
+                return Together::Refused;
+            }
+            self.set_paused(true);
+            shared.metrics.retried(error.kind());
+            let pause = shared.backoff.jittered(attempt, rand::random());
+            tracing::warn!(parent: &span, error = %error, attempt, ?pause, "batch failed; retrying");
+            if self.sleep(pause).await.is_err() {
+                return Together::Abandoned;
+            }
+        }
+    }
+
+    /// Applies one decoded record, with the per-record retry and dead-letter rules.
+    async fn process_one(&mut self, record: &Decoded<'_>) -> Disposition {
+        let message = record.message;
+        let span = &record.span;
         let shared = self.shared.clone();
         let delivery = Delivery {
-            event: &event,
+            event: &record.event,
             group: &shared.group,
-            trace_id: trace_id.as_deref(),
+            trace_id: record.trace_id.as_deref(),
         };
         let mut attempt: u32 = 0;
         loop {

@@ -6,6 +6,13 @@
 //!   its row and is a `duplicate`.
 //! - `applied_version (consumer_group, user_id, version)`: the highest version a group applied
 //!   per user. An event at or below it is `stale`: a late arrival whose state was superseded.
+//!
+//! The batch forms ([`claim_events`], [`lock_versions`], [`VersionBook`], [`store_versions`])
+//! do the same for the records of one poll in a few statements: the claims in one `insert`,
+//! the versions read and locked once, folded in offset order in memory (so an event sees the
+//! ones before it in its batch) and written once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -89,6 +96,119 @@ pub async fn advance_version(
     })
 }
 
+/// Claims every event of a batch in one statement. Returns, in input order, whether each one
+/// was claimed now: `false` for an event the group handled before, and for a repeat of an id
+/// earlier in the same batch (a producer retry), so only its first occurrence takes effect.
+#[tracing::instrument(skip_all, fields(events = ids.len()), err)]
+pub async fn claim_events(
+    tx: &mut PgConnection,
+    group: &str,
+    ids: &[Uuid],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    let distinct: Vec<Uuid> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+    let claimed: Vec<Uuid> = sqlx::query_scalar(
+        "insert into processed_event (consumer_group, event_id) \
+         select $1, id from unnest($2::uuid[]) as t(id) \
+         on conflict do nothing returning event_id",
+    )
+    .bind(group)
+    .bind(&distinct)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut claimed: HashSet<Uuid> = claimed.into_iter().collect();
+    // `remove`: a repeat of an id in the batch finds it gone and counts as a duplicate.
+    Ok(ids.iter().map(|id| claimed.remove(id)).collect())
+}
+
+/// The group's last applied versions of `users`, locking their rows for the rest of the
+/// transaction (in user order, so two batches lock in the same order).
+#[tracing::instrument(skip_all, fields(users = users.len()), err)]
+pub async fn lock_versions(
+    tx: &mut PgConnection,
+    group: &str,
+    users: &[String],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let mut users = users.to_vec();
+    users.sort_unstable();
+    users.dedup();
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "select user_id, version from applied_version \
+         where consumer_group = $1 and user_id = any($2) order by user_id for update",
+    )
+    .bind(group)
+    .bind(&users)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// The version decisions of one batch, folded in offset order from the locked versions: each
+/// event is decided against the last applied version *including* the batch's earlier events.
+#[derive(Debug, Default)]
+pub struct VersionBook {
+    last: HashMap<String, i64>,
+    moved: BTreeMap<String, i64>,
+}
+
+impl VersionBook {
+    /// Starts from the versions [`lock_versions`] read.
+    pub fn new(last: HashMap<String, i64>) -> Self {
+        Self {
+            last,
+            moved: BTreeMap::new(),
+        }
+    }
+
+    /// Decides the next event of `user` (in offset order) and moves the version if applied.
+    pub fn decide(&mut self, user: &str, version: i64) -> VersionDecision {
+        let decision = decide(self.last.get(user).copied(), version);
+        if decision == VersionDecision::Apply {
+            self.last.insert(user.to_owned(), version);
+            self.moved.insert(user.to_owned(), version);
+        }
+        decision
+    }
+
+    /// The users whose version moved, with their new version, in user order.
+    pub fn moved(&self) -> &BTreeMap<String, i64> {
+        &self.moved
+    }
+}
+
+/// Writes the versions a [`VersionBook`] moved. `false` when some row did not move: another
+/// transaction inserted a user's first version meanwhile (the rows [`lock_versions`] found
+/// none of were not locked), so the batch's decisions are void and it must be retried.
+#[tracing::instrument(skip_all, fields(users = book.moved().len()), err)]
+pub async fn store_versions(
+    tx: &mut PgConnection,
+    group: &str,
+    book: &VersionBook,
+) -> Result<bool, sqlx::Error> {
+    if book.moved().is_empty() {
+        return Ok(true);
+    }
+    let (users, versions): (Vec<&str>, Vec<i64>) = book
+        .moved()
+        .iter()
+        .map(|(user, version)| (user.as_str(), *version))
+        .unzip();
+    let moved = sqlx::query(
+        "insert into applied_version (consumer_group, user_id, version) \
+         select $1, u, v from unnest($2::text[], $3::bigint[]) as t(u, v) \
+         on conflict (consumer_group, user_id) do update \
+         set version = excluded.version, updated_at = now() \
+         where applied_version.version < excluded.version",
+    )
+    .bind(group)
+    .bind(&users)
+    .bind(&versions)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(usize::try_from(moved).is_ok_and(|moved| moved == users.len()))
+}
+
 /// Runs the consumer's migrations (versions `2xxxx`), ignoring the API's (`1xxxx`) that share
 /// the `_sqlx_migrations` table.
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
@@ -107,5 +227,19 @@ mod tests {
         assert_eq!(decide(Some(3), 4), VersionDecision::Apply);
         assert_eq!(decide(Some(3), 3), VersionDecision::Stale);
         assert_eq!(decide(Some(3), 2), VersionDecision::Stale);
+    }
+
+    #[test]
+    fn a_batch_decides_each_event_against_the_ones_before_it() {
+        let mut book = VersionBook::new(HashMap::from([("a".to_owned(), 3)]));
+        let decisions: Vec<VersionDecision> =
+            [("a", 2), ("a", 4), ("b", 1), ("a", 4), ("b", 3), ("b", 2)]
+                .iter()
+                .map(|(user, version)| book.decide(user, *version))
+                .collect();
+        use VersionDecision::{Apply, Stale};
+        assert_eq!(decisions, vec![Stale, Apply, Apply, Stale, Apply, Stale]);
+        let moved: Vec<(&str, i64)> = book.moved().iter().map(|(u, v)| (u.as_str(), *v)).collect();
+        assert_eq!(moved, vec![("a", 4), ("b", 3)]);
     }
 }

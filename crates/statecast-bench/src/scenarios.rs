@@ -353,6 +353,9 @@ impl Bench {
             ("REDIS_URL", redis_url(&self.redis_host, redis_db)),
             ("SMTP_URL", self.smtp_url.clone()),
             ("METRICS_ADDR", format!("127.0.0.1:{port}")),
+            // Every group is new and reads what the scenario produced before it started; the
+            // email handler's default (`latest`) would skip all of it.
+            ("KAFKA_START_POSITION", "earliest".to_owned()),
         ]
     }
 

@@ -6,8 +6,13 @@
 //! state-keeping handlers, the audit log is a trail: every distinct event is recorded, also one
 //! older than the user's last applied version (a dead letter replayed after a fix, say). Such a
 //! row is counted `stale` (it arrived out of order), and `applied_version` does not move back.
+//!
+//! A batch (the records of one poll of a partition) is one transaction: one claim statement,
+//! the versions locked once, one multi-row insert.
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use super::{Delivery, HandlerError, Outcome};
 use crate::store::{self, VersionDecision};
@@ -22,6 +27,51 @@ impl Audit {
     /// An audit handler writing to `pool` (migrated).
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
+    }
+
+    /// Records a batch of deliveries (offset order) in `audit_log` in one transaction.
+    #[tracing::instrument(name = "audit batch", skip_all, fields(events = deliveries.len()), err)]
+    pub async fn handle_batch(
+        &self,
+        group: &str,
+        deliveries: &[Delivery<'_>],
+    ) -> Result<Vec<Outcome>, HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        let (decisions, book) = super::claim_and_decide(&mut tx, group, deliveries).await?;
+        let mut rows = AuditRows::default();
+        for (delivery, decision) in deliveries.iter().zip(&decisions) {
+            if decision.is_some() {
+                rows.push(delivery)?;
+            }
+        }
+        super::store_batch_versions(&mut tx, group, &book).await?;
+        if !rows.event_id.is_empty() {
+            sqlx::query(
+                "insert into audit_log \
+                 (event_id, event_type, user_id, version, event_time, trace_id, snapshot) \
+                 select e, t, u, v, w, r, s::jsonb from unnest(\
+                 $1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[], \
+                 $6::text[], $7::text[]) as b(e, t, u, v, w, r, s)",
+            )
+            .bind(&rows.event_id)
+            .bind(&rows.event_type)
+            .bind(&rows.user_id)
+            .bind(&rows.version)
+            .bind(&rows.event_time)
+            .bind(&rows.trace_id)
+            .bind(&rows.snapshot)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(decisions
+            .into_iter()
+            .map(|decision| match decision {
+                None => Outcome::Duplicate,
+                Some(VersionDecision::Apply) => Outcome::Processed,
+                Some(VersionDecision::Stale) => Outcome::Stale,
+            })
+            .collect())
     }
 
     /// Records `delivery` in `audit_log` once.
@@ -60,5 +110,33 @@ impl Audit {
             VersionDecision::Apply => Outcome::Processed,
             VersionDecision::Stale => Outcome::Stale,
         })
+    }
+}
+
+/// The columns of a batch's `audit_log` rows, bound as arrays.
+#[derive(Default)]
+struct AuditRows {
+    event_id: Vec<Uuid>,
+    event_type: Vec<&'static str>,
+    user_id: Vec<String>,
+    version: Vec<i64>,
+    event_time: Vec<DateTime<Utc>>,
+    trace_id: Vec<Option<String>>,
+    snapshot: Vec<String>,
+}
+
+impl AuditRows {
+    fn push(&mut self, delivery: &Delivery<'_>) -> Result<(), HandlerError> {
+        let event = delivery.event;
+        let snapshot = serde_json::to_string(&event.data)
+            .map_err(|e| HandlerError::Rejected(format!("snapshot not serializable: {e}")))?;
+        self.event_id.push(event.id);
+        self.event_type.push(event.event_type.as_str());
+        self.user_id.push(event.subject.clone());
+        self.version.push(event.profileversion);
+        self.event_time.push(event.time);
+        self.trace_id.push(delivery.trace_id.map(str::to_owned));
+        self.snapshot.push(snapshot);
+        Ok(())
     }
 }

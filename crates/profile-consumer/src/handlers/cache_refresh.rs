@@ -15,7 +15,12 @@
 //! or a value the API filled itself (`duplicate`) — except that a profile replaces an
 //! invalidation marker of its own version, as the API's fills do; older is `stale`. No
 //! `processed_event` table is needed: the compare makes every replay a no-op.
+//!
+//! A batch (the records of one poll of a partition) is written as one chain of compares per
+//! user, in offset order, the chains concurrently: the multiplexed connection pipelines them.
+//! A batch that fails half-way can be repeated whole, since a repeated compare is a no-op.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use statecast_cache::{Cache, Profile, Target, Written};
@@ -79,6 +84,59 @@ impl CacheRefresh {
         Ok(Self {
             cache: Cache::with_connection(conn, None, ttls.cache_ttls()),
         })
+    }
+
+    /// Writes a batch of deliveries (offset order) that have no outcome yet, filling each slot
+    /// of `outcomes` once its write is done: a retry after a failure (a master failing over)
+    /// writes only the rest, so no record is counted twice. The first failure is returned.
+    #[tracing::instrument(name = "cache-refresh batch", skip_all, fields(events = deliveries.len()), err)]
+    pub async fn handle_batch(
+        &self,
+        deliveries: &[Delivery<'_>],
+        outcomes: &mut [Option<Outcome>],
+    ) -> Result<(), HandlerError> {
+        let mut chains: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, delivery) in deliveries.iter().enumerate() {
+            if outcomes.get(i).is_some_and(Option::is_none) {
+                chains
+                    .entry(delivery.event.subject.as_str())
+                    .or_default()
+                    .push(i);
+            }
+        }
+        let writes = chains.into_values().map(|chain| async move {
+            let mut written = Vec::with_capacity(chain.len());
+            for i in chain {
+                let event = deliveries[i].event;
+                match self
+                    .cache
+                    .refresh(&event.subject, profile_of(event), event.profileversion)
+                    .await
+                {
+                    Ok(answer) => written.push((i, outcome_of(answer))),
+                    // The user's later events wait for the retry, in order.
+                    Err(e) => return (written, Some((i, HandlerError::from(e)))),
+                }
+            }
+            (written, None)
+        });
+        let mut failed: Option<(usize, HandlerError)> = None;
+        for (written, error) in futures::future::join_all(writes).await {
+            for (i, outcome) in written {
+                if let Some(slot) = outcomes.get_mut(i) {
+                    *slot = Some(outcome);
+                }
+            }
+            if let Some((i, error)) = error
+                && failed.as_ref().is_none_or(|(first, _)| i < *first)
+            {
+                failed = Some((i, error));
+            }
+        }
+        match failed {
+            Some((_, error)) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// Writes `profile:{id}` if the event is newer than what is cached.

@@ -14,6 +14,15 @@
 //! window: a crash after the SMTP server accepted the mail and before step 3 commits yields a
 //! second delivery — with the same Message-ID, which mail systems use to drop duplicates. The
 //! opposite failure (a lost mail) cannot happen: the reservation is durable before sending.
+//!
+//! A batch (the records of one poll of a partition) does step 1 for all its events in one
+//! transaction, then sends the reserved mails concurrently, one chain per user (a user's
+//! mails go out in offset order), each marked `sent` as soon as the server accepted it. So the
+//! window above stays one mail wide per connection in flight (at most
+//! [`super::smtp::MAX_CONNECTIONS`] per replica); a failed send leaves its mail, and the
+//! user's later ones, reserved, to be sent by the retry.
+
+use std::collections::{BTreeMap, HashMap};
 
 use lettre::Message;
 use lettre::message::{Mailbox, header::ContentType};
@@ -199,6 +208,103 @@ impl Email {
         Ok(Outcome::Processed)
     }
 
+    /// Mails the users about a batch of deliveries (offset order): one transaction reserves
+    /// every mail, then the mails go out (see the module docs).
+    #[tracing::instrument(name = "email batch", skip_all, fields(events = deliveries.len()), err)]
+    pub async fn handle_batch(
+        &self,
+        group: &str,
+        deliveries: &[Delivery<'_>],
+    ) -> Result<Vec<Outcome>, HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        let (decisions, book) = super::claim_and_decide(&mut tx, group, deliveries).await?;
+        let repeated: Vec<Uuid> = deliveries
+            .iter()
+            .zip(&decisions)
+            .filter(|(_, d)| d.is_none())
+            .map(|(d, _)| d.event.id)
+            .collect();
+        let mut pending = pending_mails(&mut tx, group, &repeated).await?;
+        let applied: Vec<String> = deliveries
+            .iter()
+            .zip(&decisions)
+            .filter(|(_, d)| **d == Some(VersionDecision::Apply))
+            .map(|(d, _)| d.event.subject.clone())
+            .collect();
+        let mut recipients = Recipients::load(&mut tx, &applied).await?;
+        let mut outcomes = Vec::with_capacity(deliveries.len());
+        // (delivery index, recipient) of every mail to send, in offset order.
+        let mut mails: Vec<(usize, String)> = Vec::new();
+        let mut reserved: Vec<(Uuid, String)> = Vec::new();
+        for (i, (delivery, decision)) in deliveries.iter().zip(&decisions).enumerate() {
+            let event = delivery.event;
+            outcomes.push(match decision {
+                // `remove`: a repeat of the id later in the batch is a plain duplicate.
+                None => match pending.remove(&event.id) {
+                    Some(recipient) => {
+                        tracing::info!(%recipient, event.id = %event.id, "resending a mail whose delivery was not confirmed");
+                        mails.push((i, recipient));
+                        Outcome::Processed
+                    }
+                    None => Outcome::Duplicate,
+                },
+                Some(VersionDecision::Stale) => Outcome::Stale,
+                Some(VersionDecision::Apply) => {
+                    if let Some(recipient) = recipients.for_event(event) {
+                        recipient.parse::<Mailbox>().map_err(|e| {
+                            HandlerError::Rejected(format!("recipient {recipient:?}: {e}"))
+                        })?;
+                        reserved.push((event.id, recipient.clone()));
+                        mails.push((i, recipient));
+                    } else {
+                        tracing::info!(user.id = %event.subject, "no known address: nothing to send");
+                    }
+                    Outcome::Processed
+                }
+            });
+        }
+        recipients.store(&mut tx).await?;
+        reserve(&mut tx, group, &reserved).await?;
+        super::store_batch_versions(&mut tx, group, &book).await?;
+        tx.commit().await?;
+        self.send_chains(deliveries, mails).await?;
+        Ok(outcomes)
+    }
+
+    /// Sends `mails` (offset order), one chain per user, the chains concurrently; each mail is
+    /// marked sent once accepted. The first failure in offset order is returned; a chain stops
+    /// at its failure, so a user's later mails stay reserved for the retry.
+    async fn send_chains(
+        &self,
+        deliveries: &[Delivery<'_>],
+        mails: Vec<(usize, String)>,
+    ) -> Result<(), HandlerError> {
+        let mut chains: BTreeMap<&str, Vec<(usize, String)>> = BTreeMap::new();
+        for (i, recipient) in mails {
+            chains
+                .entry(deliveries[i].event.subject.as_str())
+                .or_default()
+                .push((i, recipient));
+        }
+        let sends = chains.into_values().map(|chain| async move {
+            for (i, recipient) in chain {
+                self.send_and_mark(deliveries[i], &recipient)
+                    .await
+                    .map_err(|e| (i, e))?;
+            }
+            Ok::<(), (usize, HandlerError)>(())
+        });
+        let failed = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .min_by_key(|(i, _)| *i);
+        match failed {
+            Some((_, error)) => Err(error),
+            None => Ok(()),
+        }
+    }
+
     async fn send_and_mark(
         &self,
         delivery: Delivery<'_>,
@@ -220,6 +326,127 @@ impl Email {
     #[tracing::instrument(name = "smtp send", skip_all, err)]
     async fn send(&self, message: Message) -> Result<(), HandlerError> {
         self.mailer.send(&message).await
+    }
+}
+
+/// The recipients of the mails reserved but not confirmed sent, among `events`.
+async fn pending_mails(
+    tx: &mut PgConnection,
+    group: &str,
+    events: &[Uuid],
+) -> Result<HashMap<Uuid, String>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "select event_id, recipient from email_outbox \
+         where consumer_group = $1 and event_id = any($2) and status = 'sending'",
+    )
+    .bind(group)
+    .bind(events)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Reserves a batch's mails (`sending`) in one statement.
+async fn reserve(
+    tx: &mut PgConnection,
+    group: &str,
+    mails: &[(Uuid, String)],
+) -> Result<(), sqlx::Error> {
+    if mails.is_empty() {
+        return Ok(());
+    }
+    let (ids, recipients): (Vec<Uuid>, Vec<&str>) =
+        mails.iter().map(|(id, r)| (*id, r.as_str())).unzip();
+    let message_ids: Vec<String> = ids.iter().map(|id| message_id(*id)).collect();
+    sqlx::query(
+        "insert into email_outbox (consumer_group, event_id, recipient, message_id, status) \
+         select $1, e, r, m, 'sending' from unnest($2::uuid[], $3::text[], $4::text[]) as t(e, r, m)",
+    )
+    .bind(group)
+    .bind(&ids)
+    .bind(&recipients)
+    .bind(&message_ids)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The last address seen per user (`email_recipient`) as a batch folds it, in offset order:
+/// an event with an address newer than the one known replaces it; a delete (or an event
+/// without an address) is mailed to the one known.
+struct Recipients {
+    known: HashMap<String, (String, i64)>,
+    changed: BTreeMap<String, (String, i64)>,
+}
+
+impl Recipients {
+    async fn load(tx: &mut PgConnection, users: &[String]) -> Result<Self, sqlx::Error> {
+        let rows: Vec<(String, String, i64)> = if users.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "select user_id, email, version from email_recipient where user_id = any($1)",
+            )
+            .bind(users)
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        Ok(Self {
+            known: rows.into_iter().map(|(u, e, v)| (u, (e, v))).collect(),
+            changed: BTreeMap::new(),
+        })
+    }
+
+    /// The address to mail about `event` (whose version applies), remembering its own.
+    fn for_event(&mut self, event: &ProfileEvent) -> Option<String> {
+        match (&event.event_type, &event.data.email) {
+            (EventType::UserDeleted, _) | (_, None) => self
+                .known
+                .get(&event.subject)
+                .map(|(email, _)| email.clone()),
+            (_, Some(email)) => {
+                let newer = self
+                    .known
+                    .get(&event.subject)
+                    .is_none_or(|(_, version)| *version < event.profileversion);
+                if newer {
+                    let entry = (email.clone(), event.profileversion);
+                    self.known.insert(event.subject.clone(), entry.clone());
+                    self.changed.insert(event.subject.clone(), entry);
+                }
+                Some(email.clone())
+            }
+        }
+    }
+
+    /// Writes the addresses that changed, with the single event's version guard.
+    async fn store(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.changed.is_empty() {
+            return Ok(());
+        }
+        let mut users = Vec::with_capacity(self.changed.len());
+        let mut emails = Vec::with_capacity(self.changed.len());
+        let mut versions = Vec::with_capacity(self.changed.len());
+        for (user, (email, version)) in &self.changed {
+            users.push(user.as_str());
+            emails.push(email.as_str());
+            versions.push(*version);
+        }
+        sqlx::query(
+            "insert into email_recipient (user_id, email, version) \
+             select u, e, v from unnest($1::text[], $2::text[], $3::bigint[]) as t(u, e, v) \
+             on conflict (user_id) do update set email = excluded.email, version = excluded.version \
+             where email_recipient.version < excluded.version",
+        )
+        .bind(&users)
+        .bind(&emails)
+        .bind(&versions)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
     }
 }
 

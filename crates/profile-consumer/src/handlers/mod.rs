@@ -19,6 +19,7 @@ use statecast_events::ProfileEvent;
 
 use crate::config::{Config, HandlerKind};
 use crate::metrics::RecordResult;
+use crate::store::{self, VersionBook, VersionDecision};
 
 /// What a handler did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,10 @@ pub enum HandlerError {
     /// The event can never be applied (permanent: dead-lettered at once).
     #[error("rejected: {0}")]
     Rejected(String),
+    /// A batch's version decisions were overtaken by a concurrent transaction (transient: the
+    /// batch is rolled back and retried).
+    #[error("database: {0}")]
+    Contended(&'static str),
 }
 
 /// Whether retrying a failed record can help: decides between waiting and dead-lettering.
@@ -92,13 +97,14 @@ impl HandlerError {
             // 4xx, and everything below a reply: connection, TLS, timeout, shutdown.
             Self::Smtp(_) | Self::SmtpConnect(_) => ErrorClass::Transient,
             Self::Rejected(_) => ErrorClass::Permanent,
+            Self::Contended(_) => ErrorClass::Transient,
         }
     }
 
     /// A short label for the span's `error.type` and `consumer_retries_total{reason}`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Database(_) => "database",
+            Self::Database(_) | Self::Contended(_) => "database",
             Self::Redis(_) | Self::Cache(_) => "redis",
             Self::Smtp(_) | Self::SmtpConnect(_) => "smtp",
             Self::Rejected(_) => "rejected",
@@ -165,6 +171,46 @@ fn classify_redis(error: &redis::RedisError) -> ErrorClass {
         }
         (RetryMethod::NoRetry, _) => ErrorClass::Unknown,
         _ => ErrorClass::Transient,
+    }
+}
+
+/// The bookkeeping half of a PostgreSQL batch, inside its transaction: every event claimed in
+/// one statement, the claimed ones' users locked and their versions decided in offset order.
+/// `None` is a duplicate (handled before, or a repeat within the batch).
+pub(crate) async fn claim_and_decide(
+    tx: &mut sqlx::PgConnection,
+    group: &str,
+    deliveries: &[Delivery<'_>],
+) -> Result<(Vec<Option<VersionDecision>>, VersionBook), sqlx::Error> {
+    let ids: Vec<uuid::Uuid> = deliveries.iter().map(|d| d.event.id).collect();
+    let claimed = store::claim_events(tx, group, &ids).await?;
+    let users: Vec<String> = deliveries
+        .iter()
+        .zip(&claimed)
+        .filter(|(_, claimed)| **claimed)
+        .map(|(d, _)| d.event.subject.clone())
+        .collect();
+    let mut book = VersionBook::new(store::lock_versions(tx, group, &users).await?);
+    let decisions = deliveries
+        .iter()
+        .zip(claimed)
+        .map(|(d, claimed)| claimed.then(|| book.decide(&d.event.subject, d.event.profileversion)))
+        .collect();
+    Ok((decisions, book))
+}
+
+/// Writes the versions a batch moved; a concurrent first insert of a user voids the batch.
+pub(crate) async fn store_batch_versions(
+    tx: &mut sqlx::PgConnection,
+    group: &str,
+    book: &VersionBook,
+) -> Result<(), HandlerError> {
+    if store::store_versions(tx, group, book).await? {
+        Ok(())
+    } else {
+        Err(HandlerError::Contended(
+            "another transaction moved a user's version during the batch",
+        ))
     }
 }
 
@@ -259,6 +305,31 @@ impl Handler {
             Self::Email(h) => h.handle(delivery).await,
             Self::CacheRefresh(h) => h.handle(delivery).await,
         }
+    }
+
+    /// Applies the events of one partition's batch, given in offset order, each once, and
+    /// fills `outcomes` (one slot per delivery). The PostgreSQL handlers are all or nothing
+    /// (one transaction): every slot is filled on success, none on an error. `cache-refresh`
+    /// is not atomic: a slot is filled as soon as its write is done, and a retry with the same
+    /// slots skips the records already written, so each is counted once. Whatever an error
+    /// leaves behind, a retry or the one-at-a-time path ([`Handler::handle`]) recognises it
+    /// (claims roll back; a mail sent is marked, an unsent reservation is resent).
+    pub async fn handle_batch(
+        &self,
+        group: &str,
+        deliveries: &[Delivery<'_>],
+        outcomes: &mut [Option<Outcome>],
+    ) -> Result<(), HandlerError> {
+        let all = match self {
+            Self::Audit(h) => h.handle_batch(group, deliveries).await?,
+            Self::Analytics(h) => h.handle_batch(group, deliveries).await?,
+            Self::Email(h) => h.handle_batch(group, deliveries).await?,
+            Self::CacheRefresh(h) => return h.handle_batch(deliveries, outcomes).await,
+        };
+        for (slot, outcome) in outcomes.iter_mut().zip(all) {
+            *slot = Some(outcome);
+        }
+        Ok(())
     }
 }
 

@@ -8,8 +8,10 @@
 //! socket here with `TCP_NODELAY` and handing it to `AsyncSmtpConnection::connect_with_transport`
 //! removes the stall; the rest (EHLO, AUTH, MAIL/RCPT/DATA, dot-stuffing) stays lettre's.
 //!
-//! Idle connections are kept for reuse (up to [`MAX_IDLE`]) and checked with `NOOP` before a
-//! reuse, since the server may have closed them.
+//! At most [`MAX_CONNECTIONS`] mails are in flight at once, shared by every partition of the
+//! replica (the email handler sends a batch's mails concurrently, one chain per user), each on
+//! a connection of its own. Idle connections are kept for reuse (up to [`MAX_IDLE`]) and
+//! checked with `NOOP` before a reuse, since the server may have closed them.
 //!
 //! TLS (rustls, Mozilla roots plus any `SMTP_CA_FILE`): STARTTLS is lettre's own upgrade of our
 //! socket; implicit TLS (`smtps://`) wraps the socket with tokio-rustls before lettre sees it,
@@ -34,8 +36,11 @@ use tokio_rustls::rustls::{self, RootCertStore, pki_types::ServerName};
 use super::HandlerError;
 use super::email::{SmtpSettings, SmtpTls};
 
-/// Idle connections kept open for the next mails.
-pub const MAX_IDLE: usize = 4;
+/// Mails sent at once (so SMTP connections open at once) per replica.
+pub const MAX_CONNECTIONS: usize = 8;
+
+/// Idle connections kept open for the next mails: as many as may be busy at once.
+pub const MAX_IDLE: usize = MAX_CONNECTIONS;
 
 /// Time allowed for connecting, or for one whole send (MAIL, RCPT, DATA and the body).
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,6 +59,8 @@ pub struct Mailer {
     settings: SmtpSettings,
     security: Security,
     idle: Arc<Mutex<Vec<AsyncSmtpConnection>>>,
+    /// One permit per mail in flight ([`MAX_CONNECTIONS`]).
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -106,6 +113,7 @@ impl Mailer {
             settings,
             security,
             idle: Arc::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
         })
     }
 
@@ -113,6 +121,8 @@ impl Mailer {
     pub async fn send(&self, message: &Message) -> Result<(), HandlerError> {
         let envelope = message.envelope().clone();
         let body = message.formatted();
+        // The semaphore is never closed; without a permit the send would just not be bounded.
+        let _permit = self.in_flight.acquire().await.ok();
         let mut connection = self.connection().await?;
         match tokio::time::timeout(TIMEOUT, connection.send(&envelope, &body)).await {
             Ok(Ok(_)) => {

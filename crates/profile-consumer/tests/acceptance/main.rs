@@ -7,6 +7,7 @@
 //! broker's high watermark, which `consumer_lag` reads, is only right that way.
 #![allow(clippy::unwrap_used)]
 
+mod batch;
 mod cache_refresh;
 mod crash;
 mod dedup;
