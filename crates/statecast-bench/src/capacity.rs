@@ -114,7 +114,9 @@ const REDIS_PER_HIT: f64 = 1.0;
 const REDIS_PER_MISS: f64 = 4.0;
 const REDIS_PER_WRITE: f64 = 2.0;
 /// PostgreSQL transactions per event of the consumers that write to it (audit, analytics and
-/// email's dedup row), each one transaction per record today.
+/// email's reservation): one each when batches hold one record, the worst case. Under a backlog
+/// a batch holds up to `CONSUMER_BATCH_MAX` records in one transaction, and the cost per event
+/// falls.
 const PG_TX_PER_EVENT_CONSUMERS: f64 = 3.0;
 
 /// The value of figure `(row, column)` in `docs/benchmarks.md`, if the row is there with a number.
@@ -224,8 +226,9 @@ pub(crate) fn render(benchmarks: &str, w: Workload) -> String {
          the masters by hash slot, so the load divides by the number of masters.\n\
          - **PostgreSQL.** Misses are primary-key SELECTs (compare with pgbench select-only); writes are the API's \
          transaction (compare with pgbench running it), plus {PG_TX_PER_EVENT_CONSUMERS} consumer transactions per \
-         event (audit, analytics, email's dedup row), each counted as one API write transaction (an overestimate: \
-         theirs are smaller). Reads and writes are added as shares of the two pgbench rates.\n\
+         event (audit, analytics, email's reservation), each counted as one API write transaction: the worst case, \
+         when every batch holds one record; under a backlog the consumers batch up to `CONSUMER_BATCH_MAX` records \
+         per transaction, so their share falls. Reads and writes are added as shares of the two pgbench rates.\n\
          - **Relay.** One leader publishes every event (the others stand by), so the write rate can never pass the \
          relay drain rate, however many API replicas run.\n\
          - **Consumers and partitions.** Each group needs `W / rate` replicas at full use (divided by `u`), and a \
@@ -367,8 +370,8 @@ pub(crate) fn render(benchmarks: &str, w: Workload) -> String {
         md,
         "With reads served from the cache, the write rate alone is bounded by the smaller of PostgreSQL's \
          {} write transactions/s shared by {} transactions per write, and the relay's {} events/s: about {} writes/s \
-         on the benchmark's machine. Beyond that: batch the consumers' transactions (fewer per event), give \
-         PostgreSQL a faster disk or a bigger node, and watch `outbox_pending` (relay lag) and the consumer lag \
+         on the benchmark's machine. This bound is conservative: the consumers' batches take fewer \
+         transactions per event as their backlog grows. Beyond it: give PostgreSQL a faster disk or a bigger node, and watch `outbox_pending` (relay lag) and the consumer lag \
          metric `consumer_lag` (see operations.md).",
         fmt(pg_write),
         1.0 + PG_TX_PER_EVENT_CONSUMERS,
