@@ -34,6 +34,8 @@ pub struct SystemOptions {
     pub consumer_redis_addr: Option<String>,
     /// `host:port` the consumers should use for SMTP instead of the stack's sink.
     pub consumer_smtp_addr: Option<String>,
+    /// More settings for every consumer (added last, so they win).
+    pub consumer_env: Vec<(&'static str, String)>,
 }
 
 impl Default for SystemOptions {
@@ -48,6 +50,7 @@ impl Default for SystemOptions {
             consumer_database_addr: None,
             consumer_redis_addr: None,
             consumer_smtp_addr: None,
+            consumer_env: Vec::new(),
         }
     }
 }
@@ -241,6 +244,7 @@ impl System {
             ("RUST_LOG", "info".to_owned()),
         ];
         push_otlp(&mut env, &self.options.otlp_endpoint);
+        env.extend(self.options.consumer_env.iter().cloned());
         let log = self
             .logs
             .join(format!("consumer-{handler}-{}.log", kit::unique("run")));
