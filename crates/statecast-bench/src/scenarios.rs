@@ -999,8 +999,16 @@ impl Bench {
     }
 
     async fn put(&self, api: &Api, id: &str) -> anyhow::Result<()> {
+        self.put_named(api, id, &format!("Bench {id}"))
+            .await
+            .map(drop)
+    }
+
+    /// PUTs profile `id`, named `name`, through `api`: the answer's body, or an error if it is
+    /// not a success.
+    async fn put_named(&self, api: &Api, id: &str, name: &str) -> anyhow::Result<Vec<u8>> {
         let body = serde_json::json!({
-            "name": format!("Bench {id}"),
+            "name": name,
             "email": format!("{id}@{MAIL_DOMAIN}"),
             "country": "PT",
         });
@@ -1011,11 +1019,11 @@ impl Bench {
             .send()
             .await?;
         let status = response.status();
-        let _ = response.bytes().await?;
+        let bytes = response.bytes().await?;
         if !status.is_success() {
             bail!("PUT {id} answered {status}");
         }
-        Ok(())
+        Ok(bytes.to_vec())
     }
 
     /// Scenario 4: records/s of one replica per handler vs a bare rdkafka consumer.

@@ -25,6 +25,8 @@
 
 mod conn;
 pub mod entry;
+#[cfg(test)]
+mod fixtures;
 pub mod near;
 mod remote;
 pub mod script;

@@ -20,6 +20,16 @@
 //!   bypassed until a new connection tracks again; entries read while it was down are refused,
 //!   since their invalidations could have been missed.
 //!
+//! # How soon another replica's write is seen
+//! Redis writes a broadcast push in the same event-loop turn as the writer's reply, so by the
+//! time a client that saw the write's answer asks this replica, the push is (nearly always)
+//! already in the tracking socket. What can lag is this process reading it: with both runtime
+//! workers busy, the socket is only polled every so many tasks. So a near hit is served only
+//! after one `yield_now` (see `Cache::get_through`), which defers the read until the runtime has
+//! polled its I/O driver and woken the tracking reader, and then looks the entry up again. That
+//! narrows the window; it does not close it (the reader may be woken on the other worker and not
+//! have run yet). `make bench` scenario 10 counts what is left from the HTTP answers.
+//!
 //! # On a Redis Cluster
 //! Each master pushes the invalidations of its own keys only, so there is one tracking
 //! connection per master, and "the tracking connection" of the rules above is all of them: the

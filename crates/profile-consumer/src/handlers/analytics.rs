@@ -98,14 +98,7 @@ impl Analytics {
         super::store_batch_versions(&mut tx, group, &book).await?;
         write_fold(&mut tx, &fold).await?;
         tx.commit().await?;
-        Ok(decisions
-            .into_iter()
-            .map(|decision| match decision {
-                None => Outcome::Duplicate,
-                Some(VersionDecision::Apply) => Outcome::Processed,
-                Some(VersionDecision::Stale) => Outcome::Stale,
-            })
-            .collect())
+        Ok(super::outcomes(decisions))
     }
 
     /// Folds `delivery` into the aggregates once.

@@ -64,14 +64,7 @@ impl Audit {
             .await?;
         }
         tx.commit().await?;
-        Ok(decisions
-            .into_iter()
-            .map(|decision| match decision {
-                None => Outcome::Duplicate,
-                Some(VersionDecision::Apply) => Outcome::Processed,
-                Some(VersionDecision::Stale) => Outcome::Stale,
-            })
-            .collect())
+        Ok(super::outcomes(decisions))
     }
 
     /// Records `delivery` in `audit_log` once.

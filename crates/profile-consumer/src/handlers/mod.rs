@@ -174,6 +174,18 @@ fn classify_redis(error: &redis::RedisError) -> ErrorClass {
     }
 }
 
+/// What a committed batch did with each delivery, from its decisions (`None`: a duplicate).
+pub(crate) fn outcomes(decisions: Vec<Option<VersionDecision>>) -> Vec<Outcome> {
+    decisions
+        .into_iter()
+        .map(|decision| match decision {
+            None => Outcome::Duplicate,
+            Some(VersionDecision::Apply) => Outcome::Processed,
+            Some(VersionDecision::Stale) => Outcome::Stale,
+        })
+        .collect()
+}
+
 /// The bookkeeping half of a PostgreSQL batch, inside its transaction: every event claimed in
 /// one statement, the claimed ones' users locked and their versions decided in offset order.
 /// `None` is a duplicate (handled before, or a repeat within the batch).

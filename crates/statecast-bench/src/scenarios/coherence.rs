@@ -241,23 +241,7 @@ impl Bench {
 
     /// PUTs a changed name through `api`; the version its answer carries.
     async fn put_version(&self, api: &Api, id: &str, i: usize) -> anyhow::Result<i64> {
-        let body = serde_json::json!({
-            "name": format!("Bench {id} {i}"),
-            "email": format!("{id}@{MAIL_DOMAIN}"),
-            "country": "PT",
-        });
-        let response = self
-            .http
-            .put(format!("{}/v1/profiles/{id}", api.base))
-            .json(&body)
-            .send()
-            .await?;
-        let status = response.status();
-        let bytes = response.bytes().await?;
-        if !status.is_success() {
-            bail!("PUT {id} answered {status}");
-        }
-        version_of(&bytes)
+        version_of(&self.put_named(api, id, &format!("Bench {id} {i}")).await?)
     }
 
     /// Seeds [`FILL_PROFILES`] more profiles and reads each twice through `b`, so its near cache

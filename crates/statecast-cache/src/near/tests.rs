@@ -4,16 +4,9 @@
 use std::time::Instant;
 
 use super::*;
-use crate::entry::{Profile, key, now_ms};
-use crate::{Cache, Ttls};
-
-const TTLS: Ttls = Ttls {
-    ttl: Duration::from_secs(3600),
-    grace: Duration::from_secs(60),
-    negative: Duration::from_secs(30),
-    lock: Duration::from_secs(2),
-    marker: Duration::from_secs(30),
-};
+use crate::Cache;
+use crate::entry::{key, now_ms};
+use crate::fixtures::{TTLS, profile};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -51,17 +44,6 @@ async fn until(mut check: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     check()
-}
-
-fn profile(id: &str, version: i64) -> Profile {
-    Profile {
-        id: id.to_owned(),
-        name: format!("v{version}"),
-        email: "someone@example.com".to_owned(),
-        country: "PT".to_owned(),
-        version,
-        updated_at: chrono::Utc::now(),
-    }
 }
 
 fn unique_id() -> String {

@@ -2,30 +2,12 @@
 
 use super::*;
 use crate::entry::Kind;
-
-const TTLS: Ttls = Ttls {
-    ttl: Duration::from_secs(3600),
-    grace: Duration::from_secs(60),
-    negative: Duration::from_secs(30),
-    lock: Duration::from_secs(2),
-    marker: Duration::from_secs(30),
-};
+use crate::fixtures::{TTLS, profile};
 
 /// A client of the real Redis whose invalidation markers live `marker`.
 fn real_cache(marker: Duration) -> Cache {
     let client = redis::Client::open(statecast_testkit::redis_url()).unwrap();
     Cache::lazy(client, Duration::from_secs(2), Ttls { marker, ..TTLS }).unwrap()
-}
-
-fn profile(id: &str, version: i64) -> Profile {
-    Profile {
-        id: id.to_owned(),
-        name: format!("v{version}"),
-        email: "someone@example.com".to_owned(),
-        country: "PT".to_owned(),
-        version,
-        updated_at: chrono::Utc::now(),
-    }
 }
 
 fn unique_id() -> String {
