@@ -739,22 +739,9 @@ impl Bench {
     async fn scenario3(&mut self, api: &Api) -> anyhow::Result<()> {
         const S: &str = "3 writes";
         eprintln!("[bench] scenario 3: propagation");
-        // A topic and an API of its own: the consumers start at the earliest offset (so none
-        // misses the warm-up write), and the shared topic holds every earlier scenario's writes
-        // (scenario 10's 30,000), which they would have to drain before the measured ones.
-        let topic = testkit::unique("bench-propagation");
-        testkit::create_topic(&self.brokers, &topic, 6).await?;
-        testkit::create_topic(&self.brokers, &format!("{topic}.dlq"), 1).await?;
-        let prop_api = self
-            .start_api(
-                "api-propagation",
-                REDIS_DB_API,
-                &[("EVENTS_TOPIC", topic.clone())],
-            )
-            .await?;
         let mut consumers = Vec::new();
         for handler in HANDLERS {
-            let topic = topic.clone();
+            let topic = self.topic.clone();
             let db = self.db_url.clone();
             let (proc, group, metrics) = self
                 .start_consumer(handler, &topic, &db, REDIS_DB_API, S)
@@ -763,7 +750,7 @@ impl Bench {
         }
         // One warm-up write, to let every group join and reach the end of the topic.
         let warm_id = format!("prop-warm-{}", uuid::Uuid::now_v7().simple());
-        self.put(&prop_api, &warm_id).await?;
+        self.put(api, &warm_id).await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         for (handler, _, _, metrics) in &consumers {
             while scrape(&self.http, metrics, "consumer_records_total")
@@ -797,7 +784,7 @@ impl Bench {
             }
             jitter().await;
             let id = format!("prop-{i}-{suffix}");
-            self.put(&prop_api, &id).await?;
+            self.put(api, &id).await?;
             let at_response = Utc::now();
             responded.insert(id.clone(), at_response);
             let key = format!("profile:{id}");
@@ -874,7 +861,6 @@ impl Bench {
         for (_, proc, _, _) in consumers {
             proc.stop().await;
         }
-        prop_api.proc.stop().await;
         self.report.command(
             S,
             format!(
