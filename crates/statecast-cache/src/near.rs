@@ -252,6 +252,12 @@ impl NearCache {
         Some(Entry::clone(&entry))
     }
 
+    /// Whether an entry of `id` is held while tracking (servable or not): a cheap check that
+    /// clones nothing, for deciding whether a near hit is worth waiting for.
+    pub fn holds(&self, id: &str) -> bool {
+        self.is_tracking() && self.inner.entries.contains_key(id)
+    }
+
     /// To take before reading `id` from Redis, for [`NearCache::offer`].
     pub fn ticket(&self, id: &str) -> Ticket {
         let stripe = stripe(id);

@@ -227,13 +227,12 @@ impl Cache {
     /// The entry of `id` through `near`: from the near cache if it holds a servable one, else
     /// from Redis, kept in the near cache unless an invalidation could have overtaken the read.
     pub async fn get_through(&self, near: &NearCache, id: &str) -> Result<(Option<Entry>, Tier)> {
-        if near.get(id, now_ms()).is_some() {
+        if near.holds(id) {
             // A hit is served only after the runtime has polled its I/O driver once more: an
-            // invalidation push Redis wrote before this request arrived (it writes a broadcast
-            // push before the writer's reply) may still sit unread in the tracking socket while
-            // both workers are busy. `yield_now` defers this task until the driver is polled,
-            // which wakes the tracking connection's reader first; the entry is then looked up
-            // again.
+            // invalidation push Redis wrote in the same event-loop turn as the writer's reply
+            // may still sit unread in the tracking socket while both workers are busy.
+            // `yield_now` defers this task until the driver is polled, which wakes the tracking
+            // connection's reader first; the entry is then looked up (and cloned) once.
             tokio::task::yield_now().await;
             if let Some(entry) = near.get(id, now_ms()) {
                 return Ok((Some(entry), Tier::Near));
