@@ -2,11 +2,61 @@
 
 use std::time::{Duration, Instant};
 
-use statecast_events::EventType;
+use rdkafka::producer::FutureProducer;
+use statecast_events::{EventType, ProfileEvent};
+use tokio::sync::oneshot;
 
 use crate::support;
 
 const EVENTS: i64 = 1000;
+
+/// Produces `groups` (each group's events one after another, in order: one user's versions),
+/// paced, ten groups at a time 5 ms apart, so the consumer is busy with arriving records when it
+/// is killed; everything from group `gate` on is held back until `killed` fires.
+///
+/// So the kill lands in the middle of the stream by construction, however fast the consumer is
+/// (unpaced, it applied 1,000 records between two 100-ms polls, and a kill meant for the middle
+/// found them all applied) and however slow a loaded machine makes it.
+async fn produce_gated(
+    producer: &FutureProducer,
+    topic: &str,
+    groups: Vec<Vec<ProfileEvent>>,
+    gate: usize,
+    killed: oneshot::Receiver<()>,
+) {
+    let mut killed = Some(killed);
+    for (at, chunk) in groups.chunks(10).enumerate() {
+        if at * 10 >= gate
+            && let Some(killed) = killed.take()
+        {
+            killed.await.expect("the test kills the consumer");
+        }
+        let sends = chunk.iter().map(|group| async move {
+            for event in group {
+                support::produce(producer, topic, event).await;
+            }
+        });
+        futures::future::join_all(sends).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Polls `condition` every 5 ms (the consumer applies records far faster than
+/// [`support::wait_until`]'s 100 ms) until it holds; panics after `timeout`.
+async fn wait_closely<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 /// Where consumer `name`'s log goes: printed by [`logs_on_failure`] if the test fails, so a
 /// stalled group (who was assigned what, rebalance errors) can be read afterwards.
@@ -69,8 +119,8 @@ fn spawn_handler(
 /// Waits until the consumer serving `addr` is in its group, and a few heartbeats more.
 ///
 /// The first consumer of a kill test is started before the events are produced, so the kill
-/// lands in the middle of the stream (batched, 1000 records take a few tens of milliseconds)
-/// and not in the member's first moments in the group: tansu (patched 0.6.0), under the load of
+/// lands in the middle of the stream (see [`produce_gated`]) and not in the member's first
+/// moments in the group: tansu (patched 0.6.0), under the load of
 /// the whole suite, did not expire a member SIGKILLed right after its join, and the restarted
 /// consumer then waited with no partitions until the test timed out (also with
 /// `CONSUMER_BATCH_MAX=1`; no record was lost or doubled).
@@ -95,21 +145,25 @@ async fn kill_9_in_the_middle_of_1000_events_then_restart_applies_each_exactly_o
     let group = statecast_testkit::unique("crash");
     let _logs = LogsOnFailure(vec![log_path(&group, "first"), log_path(&group, "second")]);
     let producer = support::producer();
-    let sends = (0..EVENTS).map(|i| {
-        let event = support::event(
-            EventType::UserCreated,
-            &format!("c{i}"),
-            1,
-            "c@example.com",
-            "PT",
-        );
-        let producer = &producer;
-        let topic = &topic;
-        async move { support::produce(producer, topic, &event).await }
-    });
+    let groups = (0..EVENTS)
+        .map(|i| {
+            vec![support::event(
+                EventType::UserCreated,
+                &format!("c{i}"),
+                1,
+                "c@example.com",
+                "PT",
+            )]
+        })
+        .collect();
     let (mut first, first_addr) = spawn(&topic, &group, &db, "first");
     settled(first_addr).await;
-    futures::future::join_all(sends).await;
+    let (kill, killed) = oneshot::channel();
+    let half = usize::try_from(EVENTS / 2).unwrap();
+    let sending = tokio::spawn({
+        let topic = topic.clone();
+        async move { produce_gated(&producer, &topic, groups, half, killed).await }
+    });
 
     let pool = support::pool(&db).await;
     let rows = |pool: sqlx::PgPool| async move {
@@ -120,24 +174,16 @@ async fn kill_9_in_the_middle_of_1000_events_then_restart_applies_each_exactly_o
             .unwrap_or(0)
     };
 
-    support::wait_until("first rows", Duration::from_secs(60), || async {
-        rows(pool.clone()).await >= 1
-    })
-    .await;
-    let started = Instant::now();
-    support::wait_until("200 rows", Duration::from_secs(60), || async {
+    wait_closely("200 rows", Duration::from_secs(60), || async {
         rows(pool.clone()).await >= 200
     })
     .await;
     first.start_kill().unwrap();
     first.wait().await.unwrap();
     let at_kill = rows(pool.clone()).await;
-    let elapsed = started.elapsed();
-    assert!(at_kill < EVENTS, "killed in the middle ({at_kill} rows)");
-    eprintln!(
-        "killed after {at_kill} rows; ~{:.0} records/s",
-        (at_kill - 1) as f64 / elapsed.as_secs_f64()
-    );
+    eprintln!("killed after {at_kill} rows, with at most {half} produced");
+    kill.send(()).unwrap();
+    sending.await.unwrap();
 
     let restarted_at = Instant::now();
     let (mut second, second_addr) = spawn(&topic, &group, &db, "second");
@@ -188,19 +234,23 @@ async fn kill_9_in_the_middle_of_analytics_batches_then_restart_counts_each_even
     let _logs = LogsOnFailure(vec![log_path(&group, "first"), log_path(&group, "second")]);
     let producer = support::producer();
     // Users get two versions each, the second moving them from PT to DE.
-    let sends = (0..EVENTS / 2).map(|i| {
-        let (producer, topic) = (&producer, &topic);
-        async move {
+    let groups = (0..EVENTS / 2)
+        .map(|i| {
             let user = format!("a{i}");
-            let created = support::event(EventType::UserCreated, &user, 1, "a@example.com", "PT");
-            support::produce(producer, topic, &created).await;
-            let moved = support::event(EventType::UserUpdated, &user, 2, "a@example.com", "DE");
-            support::produce(producer, topic, &moved).await;
-        }
-    });
+            vec![
+                support::event(EventType::UserCreated, &user, 1, "a@example.com", "PT"),
+                support::event(EventType::UserUpdated, &user, 2, "a@example.com", "DE"),
+            ]
+        })
+        .collect();
     let (mut first, first_addr) = spawn_handler(&topic, &group, &db, "first", "analytics");
     settled(first_addr).await;
-    futures::future::join_all(sends).await;
+    let (kill, killed) = oneshot::channel();
+    let half_of_users = usize::try_from(EVENTS / 4).unwrap();
+    let sending = tokio::spawn({
+        let topic = topic.clone();
+        async move { produce_gated(&producer, &topic, groups, half_of_users, killed).await }
+    });
 
     let pool = support::pool(&db).await;
     let changes = |pool: sqlx::PgPool| async move {
@@ -211,14 +261,15 @@ async fn kill_9_in_the_middle_of_analytics_batches_then_restart_counts_each_even
         .await
         .unwrap_or(0)
     };
-    support::wait_until("200 changes", Duration::from_secs(60), || async {
+    wait_closely("200 changes", Duration::from_secs(60), || async {
         changes(pool.clone()).await >= 200
     })
     .await;
     first.start_kill().unwrap();
     first.wait().await.unwrap();
     let at_kill = changes(pool.clone()).await;
-    assert!(at_kill < EVENTS, "killed in the middle ({at_kill} changes)");
+    kill.send(()).unwrap();
+    sending.await.unwrap();
 
     let (_second, addr) = spawn_handler(&topic, &group, &db, "second", "analytics");
     support::wait_until("1000 changes", Duration::from_secs(90), || async {
