@@ -353,9 +353,6 @@ impl Bench {
             ("REDIS_URL", redis_url(&self.redis_host, redis_db)),
             ("SMTP_URL", self.smtp_url.clone()),
             ("METRICS_ADDR", format!("127.0.0.1:{port}")),
-            // Every group is new and reads what the scenario produced before it started; the
-            // email handler's default (`latest`) would skip all of it.
-            ("KAFKA_START_POSITION", "earliest".to_owned()),
         ]
     }
 
@@ -366,10 +363,15 @@ impl Bench {
         db_url: &str,
         redis_db: u8,
         scenario: &str,
+        start_position: &'static str,
     ) -> anyhow::Result<(Proc, String, String)> {
         let port = free_port()?;
         let group = testkit::unique(&format!("bench-{handler}"));
-        let env = self.consumer_env(handler, &group, topic, db_url, redis_db, port);
+        let mut env = self.consumer_env(handler, &group, topic, db_url, redis_db, port);
+        // Every group is new: `earliest` where it must read what the scenario produced before it
+        // started (the email handler's default, `latest`, would skip all of it), `latest` where
+        // the topic holds earlier scenarios' records it must not drain first.
+        env.push(("KAFKA_START_POSITION", start_position.to_owned()));
         self.check_fair_consumer(scenario, handler, &env)?;
         let line = CommandLine {
             env: env
@@ -744,24 +746,39 @@ impl Bench {
             let topic = self.topic.clone();
             let db = self.db_url.clone();
             let (proc, group, metrics) = self
-                .start_consumer(handler, &topic, &db, REDIS_DB_API, S)
+                // `latest`: the shared topic holds the earlier scenarios' writes (scenario 10's
+                // 30,000), which `earliest` made every consumer drain before the measured ones,
+                // so the p99s measured that backlog.
+                .start_consumer(handler, &topic, &db, REDIS_DB_API, S, "latest")
                 .await?;
             consumers.push((handler, proc, group, metrics));
         }
-        // One warm-up write, to let every group join and reach the end of the topic.
-        let warm_id = format!("prop-warm-{}", uuid::Uuid::now_v7().simple());
-        self.put(api, &warm_id).await?;
+        // Warm-up writes, one every 500 ms until every consumer has handled one: a group
+        // starting at `latest` skips what was written before it was assigned its partitions,
+        // so one write could be missed, and the first one seen proves the group reads the end.
         let deadline = Instant::now() + Duration::from_secs(60);
-        for (handler, _, _, metrics) in &consumers {
-            while scrape(&self.http, metrics, "consumer_records_total")
-                .await
-                .unwrap_or(0.0)
-                < 1.0
-            {
-                if Instant::now() > deadline {
-                    bail!("consumer {handler} did not process the warm-up event within 60 s");
+        'warm: loop {
+            let warm_id = format!("prop-warm-{}", uuid::Uuid::now_v7().simple());
+            self.put(api, &warm_id).await?;
+            let round = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < round {
+                let mut handled = 0;
+                for (_, _, _, metrics) in &consumers {
+                    if scrape(&self.http, metrics, "consumer_records_total")
+                        .await
+                        .unwrap_or(0.0)
+                        >= 1.0
+                    {
+                        handled += 1;
+                    }
+                }
+                if handled == consumers.len() {
+                    break 'warm;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if Instant::now() > deadline {
+                bail!("the consumers did not all handle a warm-up event within 60 s");
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1051,7 +1068,7 @@ impl Bench {
         );
         for handler in HANDLERS {
             let (mut proc, _group, metrics) = self
-                .start_consumer(handler, &topic, &db, REDIS_DB_CONSUMERS, S)
+                .start_consumer(handler, &topic, &db, REDIS_DB_CONSUMERS, S, "earliest")
                 .await?;
             let mut first: Option<(Instant, f64)> = None;
             let mut last;
