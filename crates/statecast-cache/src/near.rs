@@ -134,6 +134,9 @@ struct Inner {
     client_id: AtomicI64,
     /// Every tracking connection while up: the node's `host:port` and its `CLIENT ID` there.
     clients: Mutex<Vec<(String, i64)>>,
+    /// The sockets of the tracking connections while up, when every one is watched (plain
+    /// TCP); empty otherwise (see `socket`).
+    watches: std::sync::RwLock<Vec<Arc<socket::Watch>>>,
     /// The connection attempt whose state counts; pushes of older connections do not.
     current: Mutex<u64>,
     /// Invalidation pushes handled.
@@ -172,6 +175,7 @@ impl NearCache {
                 tracking: AtomicBool::new(false),
                 client_id: AtomicI64::new(0),
                 clients: Mutex::new(Vec::new()),
+                watches: std::sync::RwLock::new(Vec::new()),
                 current: Mutex::new(0),
                 invalidations: AtomicU64::new(0),
                 wake: Arc::new(tokio::sync::Notify::new()),
@@ -256,6 +260,18 @@ impl NearCache {
     /// clones nothing, for deciding whether a near hit is worth waiting for.
     pub fn holds(&self, id: &str) -> bool {
         self.is_tracking() && self.inner.entries.contains_key(id)
+    }
+
+    /// Whether a near hit may be served now as far as the tracking connections can tell:
+    /// `Some(true)` if none has an invalidation waiting unapplied (nothing unread in its
+    /// socket, its driver not mid-poll), `Some(false)` if one may, and `None` if they cannot
+    /// tell (not plain TCP; see `socket`).
+    pub fn settled(&self) -> Option<bool> {
+        let watches = self.inner.watches.read().ok()?;
+        if watches.is_empty() {
+            return None;
+        }
+        Some(watches.iter().all(|watch| watch.settled()))
     }
 
     /// To take before reading `id` from Redis, for [`NearCache::offer`].
@@ -387,7 +403,12 @@ impl Inner {
     }
 
     /// The connections of `attempt` all track: `clients` are their nodes and `CLIENT ID`s.
-    fn up(self: &Arc<Self>, attempt: u64, clients: Vec<(String, i64)>) {
+    fn up(
+        self: &Arc<Self>,
+        attempt: u64,
+        clients: Vec<(String, i64)>,
+        watches: Vec<Arc<socket::Watch>>,
+    ) {
         let Ok(current) = self.current.lock() else {
             return;
         };
@@ -399,6 +420,9 @@ impl Inner {
         self.client_id.store(client_id, Ordering::SeqCst);
         if let Ok(mut held) = self.clients.lock() {
             *held = clients.clone();
+        }
+        if let Ok(mut held) = self.watches.write() {
+            *held = watches;
         }
         self.tracking.store(true, Ordering::SeqCst);
         tracing::info!(client_id, ?clients, "near cache: tracking");
@@ -415,6 +439,9 @@ impl Inner {
         let was = self.tracking.swap(false, Ordering::SeqCst);
         self.client_id.store(0, Ordering::SeqCst);
         if let Ok(mut held) = self.clients.lock() {
+            held.clear();
+        }
+        if let Ok(mut held) = self.watches.write() {
             held.clear();
         }
         self.facade().flush();
@@ -475,6 +502,7 @@ fn key_id(key: &Value) -> Option<String> {
     raw.strip_prefix(KEY_PREFIX).map(str::to_owned)
 }
 
+mod socket;
 mod track;
 
 #[cfg(test)]

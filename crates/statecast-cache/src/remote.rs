@@ -227,16 +227,11 @@ impl Cache {
     /// The entry of `id` through `near`: from the near cache if it holds a servable one, else
     /// from Redis, kept in the near cache unless an invalidation could have overtaken the read.
     pub async fn get_through(&self, near: &NearCache, id: &str) -> Result<(Option<Entry>, Tier)> {
-        if near.holds(id) {
-            // A hit is served only after the runtime has polled its I/O driver once more: an
-            // invalidation push Redis wrote in the same event-loop turn as the writer's reply
-            // may still sit unread in the tracking socket while both workers are busy.
-            // `yield_now` defers this task until the driver is polled, which wakes the tracking
-            // connection's reader first; the entry is then looked up (and cloned) once.
-            tokio::task::yield_now().await;
-            if let Some(entry) = near.get(id, now_ms()) {
-                return Ok((Some(entry), Tier::Near));
-            }
+        if near.holds(id)
+            && near_servable(near).await
+            && let Some(entry) = near.get(id, now_ms())
+        {
+            return Ok((Some(entry), Tier::Near));
         }
         let ticket = near.ticket(id);
         let entry = self.get(id).await?;
@@ -353,6 +348,31 @@ impl Cache {
 /// Uniform in [0, 1), for jitter.
 fn rand_unit() -> f64 {
     rand::random::<f64>()
+}
+
+/// How many times a near hit waits for the tracking connections to settle before Redis answers
+/// instead: each wait is one `yield_now`, which lets the connection's driver apply what it has
+/// (on a busy replica, another replica's writes keep pushes arriving).
+const SETTLE_TRIES: usize = 3;
+
+/// Whether a near hit may be served now. Over plain TCP the tracking sockets say whether an
+/// invalidation Redis wrote in the same event-loop turn as a writer's reply may still wait
+/// unapplied (unread, or being handled): the hit waits for them to settle, a few yields at most,
+/// and otherwise Redis answers the read. Under TLS there is no such check: the hit is served
+/// after one `yield_now` (which defers this task until the runtime has polled its I/O driver,
+/// waking the tracking reader first), which narrows the window without closing it.
+async fn near_servable(near: &NearCache) -> bool {
+    for _ in 0..SETTLE_TRIES {
+        match near.settled() {
+            Some(true) => return true,
+            Some(false) => tokio::task::yield_now().await,
+            None => {
+                tokio::task::yield_now().await;
+                return true;
+            }
+        }
+    }
+    near.settled() == Some(true)
 }
 
 #[cfg(test)]

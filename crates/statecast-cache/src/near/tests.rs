@@ -56,6 +56,40 @@ async fn write(cache: &Cache, id: &str, version: i64) {
     assert!(cache.put(id, &put).await.unwrap().is_written());
 }
 
+/// The window the socket watch closes: a write answered elsewhere whose push is in the tracking
+/// socket but not yet applied, because the connection's driver has not run. A current-thread
+/// runtime and a blocking writer keep the driver from running between the write's answer and
+/// the read, so a near hit served here would be the old version.
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_answered_elsewhere_is_not_served_old_while_its_push_waits_unread() {
+    let near = tracking(config(1000, 1 << 20)).await;
+    let mine = cache();
+    let mut blocking = client().get_connection().unwrap();
+    let mut stale = 0;
+    for round in 0..50 {
+        let id = unique_id();
+        write(&mine, &id, 1).await;
+        mine.get_through(&near, &id).await.unwrap();
+        let (_, tier) = mine.get_through(&near, &id).await.unwrap();
+        assert_eq!(tier, Tier::Near, "round {round}: held near");
+        assert_eq!(near.settled(), Some(true), "round {round}: nothing pending");
+        // Another replica's write, answered before this read begins; no await in between.
+        let put = TTLS.refresh(Some(profile(&id, 2)), 2, now_ms(), 0.5);
+        let () = redis::cmd("SET")
+            .arg(key(&id))
+            .arg(put.entry.to_json().unwrap())
+            .arg("PX")
+            .arg(put.ttl.as_millis().to_string())
+            .query(&mut blocking)
+            .unwrap();
+        let (entry, _) = mine.get_through(&near, &id).await.unwrap();
+        if entry.map(|e| e.v) != Some(2) {
+            stale += 1;
+        }
+    }
+    assert_eq!(stale, 0, "reads that served the version before a write already answered");
+}
+
 #[tokio::test]
 async fn an_entry_is_served_near_until_a_change_made_elsewhere_is_pushed() {
     let near = tracking(config(1000, 1 << 20)).await;

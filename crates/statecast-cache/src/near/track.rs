@@ -25,13 +25,14 @@
 //! still keep what it serves from going backwards.
 
 use std::collections::BTreeSet;
-use std::sync::Weak;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, Value};
+use redis::{AsyncConnectionConfig, ConnectionAddr, ProtocolVersion, PushInfo, Value};
 
+use super::socket::{self, Watch};
 use super::{Inner, TRACKING_CLIENT_NAME};
 use crate::entry::KEY_PREFIX;
 use crate::target::{Target, host_port};
@@ -47,6 +48,8 @@ struct Tracked {
     node: Node,
     conn: MultiplexedConnection,
     client_id: i64,
+    /// Its socket, for the read path (plain TCP only).
+    watch: Option<Arc<Watch>>,
 }
 
 /// Runs until the near cache is dropped.
@@ -79,14 +82,20 @@ pub(super) async fn track(weak: Weak<Inner>, target: Target) {
                 }
                 Ok::<(), std::convert::Infallible>(())
             });
-        match open(&target, &config, &mut known).await {
+        match open(&target, &config, &mut known, interval).await {
             Ok(mut tracked) => {
                 let Some(inner) = weak.upgrade() else { return };
                 let clients = tracked
                     .iter()
                     .map(|t| (format!("{}:{}", t.node.0, t.node.1), t.client_id))
                     .collect();
-                inner.up(attempt, clients);
+                // Every connection watched, or none: one unwatched would make the check moot.
+                let watches = tracked
+                    .iter()
+                    .map(|t| t.watch.clone())
+                    .collect::<Option<Vec<_>>>()
+                    .unwrap_or_default();
+                inner.up(attempt, clients, watches);
                 drop(inner);
                 backoff = Duration::from_millis(50);
                 loop {
@@ -116,10 +125,12 @@ pub(super) async fn track(weak: Weak<Inner>, target: Target) {
 }
 
 /// The tracking connections of one attempt: to the Redis, or to every master.
+/// `limit` bounds each connect (the health interval, as for the crate's own connects).
 async fn open(
     target: &Target,
     config: &AsyncConnectionConfig,
     known: &mut BTreeSet<Node>,
+    limit: Duration,
 ) -> Result<Vec<Tracked>, String> {
     let nodes: Vec<(Node, redis::Client)> = match target {
         Target::Single(client) => {
@@ -139,13 +150,14 @@ async fn open(
     };
     let mut tracked = Vec::with_capacity(nodes.len());
     for (node, client) in nodes {
-        let (conn, client_id) = connect(&client, config)
+        let (conn, client_id, watch) = connect(&client, config, limit)
             .await
             .map_err(|e| format!("{}:{}: {e}", node.0, node.1))?;
         tracked.push(Tracked {
             node,
             conn,
             client_id,
+            watch,
         });
     }
     Ok(tracked)
@@ -293,14 +305,14 @@ fn resp3(client: &redis::Client) -> redis::RedisResult<redis::Client> {
     redis::Client::open(info.set_redis_settings(settings))
 }
 
-/// A RESP3 connection tracking `profile:` keys in broadcast mode, and its `CLIENT ID`.
+/// A RESP3 connection tracking `profile:` keys in broadcast mode, its `CLIENT ID`, and (over
+/// plain TCP) the [`Watch`] of its socket.
 async fn connect(
     client: &redis::Client,
     config: &AsyncConnectionConfig,
-) -> redis::RedisResult<(MultiplexedConnection, i64)> {
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(config)
-        .await?;
+    limit: Duration,
+) -> redis::RedisResult<(MultiplexedConnection, i64, Option<Arc<Watch>>)> {
+    let (mut conn, watch) = open_connection(client, config, limit).await?;
     let () = redis::cmd("CLIENT")
         .arg("SETNAME")
         .arg(TRACKING_CLIENT_NAME)
@@ -318,7 +330,34 @@ async fn connect(
         .arg("ID")
         .query_async(&mut conn)
         .await?;
-    Ok((conn, id))
+    Ok((conn, id, watch))
+}
+
+/// The connection: over plain TCP on a socket of our own, with its driver spawned watched (see
+/// `socket`); otherwise (TLS, a Unix socket) as the `redis` crate opens it, unwatched.
+async fn open_connection(
+    client: &redis::Client,
+    config: &AsyncConnectionConfig,
+    limit: Duration,
+) -> redis::RedisResult<(MultiplexedConnection, Option<Arc<Watch>>)> {
+    let info = client.get_connection_info();
+    let ConnectionAddr::Tcp(host, port) = info.addr() else {
+        let conn = client
+            .get_multiplexed_async_connection_with_config(config)
+            .await?;
+        return Ok((conn, None));
+    };
+    let (stream, watch) = tokio::time::timeout(limit, socket::connect(host, *port))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let (conn, driver) = tokio::time::timeout(
+        limit,
+        MultiplexedConnection::new_with_config(info.redis_settings(), stream, config.clone()),
+    )
+    .await
+    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    tokio::spawn(watch.watched(driver));
+    Ok((conn, Some(Arc::new(watch))))
 }
 
 #[cfg(test)]
