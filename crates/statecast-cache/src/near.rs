@@ -38,17 +38,19 @@
 //! until all of the new set track (see `track`).
 //!
 //! # Bounds
-//! Both by entries and by bytes, in one weighted [`moka`] map: each entry weighs
+//! Both by entries and by bytes, in one weighted [`quick_cache`] map: each entry weighs
 //! `max(its estimated size, max_bytes / max_entries)` against a capacity of `max_bytes`, so
 //! neither the total size nor the count can pass its bound. The high-water versions are kept for
-//! as many keys.
+//! as many keys. (`quick_cache`, not `moka`: at the default bound of 50,000 entries moka's
+//! per-entry bookkeeping, several reference-counted nodes per key in each of the two maps, was
+//! about as large as the entries themselves and put a full near cache over its RSS budget.)
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use moka::ops::compute::Op;
+use quick_cache::sync::{EntryAction, EntryResult};
 use redis::{PushInfo, PushKind, Value};
 
 use crate::entry::{Entry, KEY_PREFIX, Kind};
@@ -121,9 +123,9 @@ impl std::fmt::Debug for NearCache {
 
 struct Inner {
     config: NearConfig,
-    entries: moka::sync::Cache<String, Arc<Entry>>,
+    entries: quick_cache::sync::Cache<String, Arc<Entry>, Weight>,
     /// Highest version served, by id.
-    high_water: moka::sync::Cache<String, i64>,
+    high_water: quick_cache::sync::Cache<String, i64>,
     /// Bumped by every invalidation of a key of the stripe.
     generations: Box<[AtomicU64]>,
     /// Bumped by every change of the tracking state and every flush.
@@ -155,21 +157,16 @@ impl NearCache {
     pub fn new(config: NearConfig) -> Self {
         let max_entries = config.max_entries.max(1);
         let max_bytes = config.max_bytes.max(1);
-        let floor = u32::try_from((max_bytes / max_entries).max(1)).unwrap_or(u32::MAX);
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(move |key: &String, entry: &Arc<Entry>| {
-                u32::try_from(estimated_size(key, entry))
-                    .unwrap_or(u32::MAX)
-                    .max(floor)
-            })
-            .build();
+        // Rounded up, so that max_bytes / floor (the most entries that fit) is at most max_entries.
+        let floor = max_bytes.div_ceil(max_entries).max(1);
+        let items = usize::try_from(max_entries).unwrap_or(usize::MAX);
+        let entries = quick_cache::sync::Cache::with_weighter(items, max_bytes, Weight { floor });
         let generations = (0..STRIPES).map(|_| AtomicU64::new(0)).collect();
         Self {
             inner: Arc::new(Inner {
                 config,
                 entries,
-                high_water: moka::sync::Cache::new(max_entries),
+                high_water: quick_cache::sync::Cache::new(items),
                 generations,
                 epoch: AtomicU64::new(0),
                 tracking: AtomicBool::new(false),
@@ -211,14 +208,12 @@ impl NearCache {
 
     /// Entries held (after pending evictions are applied).
     pub fn entry_count(&self) -> u64 {
-        self.inner.entries.run_pending_tasks();
-        self.inner.entries.entry_count()
+        self.inner.entries.len() as u64
     }
 
     /// Their weight: the bytes counted against `max_bytes`.
     pub fn weighted_size(&self) -> u64 {
-        self.inner.entries.run_pending_tasks();
-        self.inner.entries.weighted_size()
+        self.inner.entries.weight()
     }
 
     /// Invalidation pushes received so far.
@@ -250,7 +245,7 @@ impl NearCache {
         }
         let entry = self.inner.entries.get(id)?;
         if !self.keepable(id, &entry, now_ms) {
-            self.inner.entries.invalidate(id);
+            self.inner.entries.remove(id);
             return None;
         }
         Some(Entry::clone(&entry))
@@ -300,19 +295,23 @@ impl NearCache {
             return false;
         }
         let value = Arc::new(entry.clone());
-        let result = self
-            .inner
-            .entries
-            .entry(id.to_owned())
-            .and_compute_with(|current| match current {
-                Some(held) if held.value().v > entry.v => Op::Nop,
-                _ => Op::Put(value),
-            });
-        let kept = !matches!(result, moka::ops::compute::CompResult::Unchanged(_));
+        let kept = match self.inner.entries.entry(id, None, |_, held| {
+            if held.v > entry.v {
+                EntryAction::Retain(false)
+            } else {
+                *held = value.clone();
+                EntryAction::Retain(true)
+            }
+        }) {
+            EntryResult::Retained(kept) => kept,
+            EntryResult::Vacant(guard) => guard.insert(value).is_ok(),
+            // Not asked for (no `ReplaceWithGuard`, no timeout).
+            EntryResult::Removed(..) | EntryResult::Replaced(..) | EntryResult::Timeout => false,
+        };
         // An invalidation that ran between the check and the insert may have missed the
         // insert: check again and drop it then.
         if kept && !self.ticket_holds(ticket) {
-            self.inner.entries.invalidate(id);
+            self.inner.entries.remove(id);
             return false;
         }
         kept
@@ -331,13 +330,13 @@ impl NearCache {
         if self.high_water(id) >= version {
             return;
         }
-        self.inner
-            .high_water
-            .entry(id.to_owned())
-            .and_compute_with(|current| match current {
-                Some(held) if *held.value() >= version => Op::Nop,
-                _ => Op::Put(version),
-            });
+        if let EntryResult::Vacant(guard) = self.inner.high_water.entry(id, None, |_, held| {
+            *held = (*held).max(version);
+            EntryAction::Retain(())
+        }) {
+            // Refused only if the mark was evicted meanwhile: nothing to keep then either.
+            let _ = guard.insert(version);
+        }
     }
 
     /// The highest version of `id` served by this replica (0 if none is remembered).
@@ -348,13 +347,13 @@ impl NearCache {
     /// Drops the entry of `id`, and refuses answers to reads of it already under way.
     pub fn invalidate(&self, id: &str) {
         self.inner.generations[stripe(id)].fetch_add(1, Ordering::SeqCst);
-        self.inner.entries.invalidate(id);
+        self.inner.entries.remove(id);
     }
 
     /// Drops every entry, and refuses answers to reads under way.
     pub fn flush(&self) {
         self.inner.epoch.fetch_add(1, Ordering::SeqCst);
-        self.inner.entries.invalidate_all();
+        self.inner.entries.clear();
     }
 
     /// Servable at `now_ms` (a profile until soft expiry + grace, a negative entry until its
@@ -377,6 +376,19 @@ impl NearCache {
         let target = target.into();
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(track::track(weak, target))
+    }
+}
+
+/// The weight of an entry: its estimated size, at least `max_bytes / max_entries` (so the count
+/// is bounded too).
+#[derive(Debug, Clone, Copy)]
+struct Weight {
+    floor: u64,
+}
+
+impl quick_cache::Weighter<String, Arc<Entry>> for Weight {
+    fn weight(&self, key: &String, entry: &Arc<Entry>) -> u64 {
+        (estimated_size(key, entry) as u64).max(self.floor)
     }
 }
 

@@ -87,7 +87,10 @@ async fn a_write_answered_elsewhere_is_not_served_old_while_its_push_waits_unrea
             stale += 1;
         }
     }
-    assert_eq!(stale, 0, "reads that served the version before a write already answered");
+    assert_eq!(
+        stale, 0,
+        "reads that served the version before a write already answered"
+    );
 }
 
 #[tokio::test]
@@ -229,6 +232,19 @@ async fn the_near_cache_is_bounded_by_entries_and_by_bytes() {
         );
     }
     assert!(near.entry_count() > 0);
+    // By entries at the default bounds, where max_bytes / max_entries is not whole (16 MiB /
+    // 50,000 is 335.5): a floor rounded down to 335 let 50,080 small entries fit.
+    let near = tracking(config(50_000, 16 << 20)).await;
+    for _ in 0..60_000 {
+        let id = unique_id();
+        let entry = TTLS.fill(Some(profile(&id, 1)), 1, now_ms(), 0.5, 0).entry;
+        near.offer(&id, &entry, near.ticket(&id), now_ms());
+    }
+    assert!(
+        (45_000..=50_000).contains(&near.entry_count()),
+        "{} entries, bound 50,000",
+        near.entry_count()
+    );
     // By bytes: ~2 KiB profiles against 8 KiB.
     let near = tracking(config(1000, 8192)).await;
     for _ in 0..200 {
