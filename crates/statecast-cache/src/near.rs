@@ -21,14 +21,16 @@
 //!   since their invalidations could have been missed.
 //!
 //! # How soon another replica's write is seen
-//! Redis writes a broadcast push in the same event-loop turn as the writer's reply, so by the
-//! time a client that saw the write's answer asks this replica, the push is (nearly always)
-//! already in the tracking socket. What can lag is this process reading it: with both runtime
-//! workers busy, the socket is only polled every so many tasks. So a near hit is served only
-//! after one `yield_now` (see `Cache::get_through`), which defers the read until the runtime has
-//! polled its I/O driver and woken the tracking reader, and then looks the entry up again. That
-//! narrows the window; it does not close it (the reader may be woken on the other worker and not
-//! have run yet). `make bench` scenario 10 counts what is left from the HTTP answers.
+//! Redis writes a broadcast push in the same event-loop turn as the writer's reply (the push
+//! first), so by the time a client that saw the write's answer asks this replica, the push is
+//! already in the tracking socket. What can lag is this process applying it: with both runtime
+//! workers busy, the connection's driver task runs only every so many tasks (that left 1.19 % of
+//! `make bench` scenario 10's reads stale). So over plain TCP the tracking connection is opened
+//! on a socket of our own (see `socket`), and a near hit is served only once every tracking
+//! socket is *settled*, nothing unread in it and its driver not mid-poll; otherwise the hit
+//! yields a few times for the driver to catch up, then Redis answers (see `Cache::get_through`).
+//! Under TLS there is no such check, and a hit is served after one `yield_now`, which narrows
+//! the window without closing it. Scenario 10 counts what is left from the HTTP answers.
 //!
 //! # On a Redis Cluster
 //! Each master pushes the invalidations of its own keys only, so there is one tracking
