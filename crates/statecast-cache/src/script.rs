@@ -2,7 +2,7 @@
 //! owner-checked release of the fill lock. Each touches exactly one key, so on a Redis Cluster
 //! each runs on the master of that key's slot without hash tags.
 
-/// Compare-and-set on the cached version. KEYS[1] = entry key; ARGV = version, value, TTL ms,
+/// Compare-and-set on the cached version. `KEYS[1]` = entry key; ARGV = version, value, TTL ms,
 /// what to do on an equal version ([`OnEqual::arg`]). Returns 1 written, 0 refused (equal
 /// version), -1 refused (the cache holds a newer version). A value that is not an entry (or has
 /// no numeric `v`) is overwritten.
@@ -24,7 +24,7 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
-/// Deletes the lock KEYS[1] only if ARGV[1] (our token) still owns it.
+/// Deletes the lock `KEYS[1]` only if `ARGV[1]` (our token) still owns it.
 pub const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -45,7 +45,7 @@ pub enum OnEqual {
 }
 
 impl OnEqual {
-    /// ARGV[4] of [`CAS`]. `0` and `1` are what the API's fills and invalidations have always
+    /// `ARGV[4]` of [`CAS`]. `0` and `1` are what the API's fills and invalidations have always
     /// sent (tools reading `MONITOR`, like the chaos scenarios, tell them apart by it).
     pub fn arg(self) -> &'static str {
         match self {
