@@ -293,12 +293,15 @@ pub(crate) fn render(benchmarks: &str, w: Workload) -> String {
         fmt(relay),
         pct(relay_share)
     );
-    let mut partitions = 0;
+    // `None` once any group's figure is missing: the largest group is then unknown.
+    let mut partitions = Some(0);
     let mut groups: Vec<(&str, f64)> = Vec::new();
     for (name, rate) in consumers {
         let share = rate.map_or(nan, |r| w.writes / r);
         let replicas = ceil(share / w.utilisation);
-        partitions = partitions.max(replicas);
+        partitions = partitions
+            .filter(|_| share.is_finite())
+            .map(|p: u64| p.max(replicas));
         groups.push((name, share));
         let _ = writeln!(
             md,
@@ -315,7 +318,8 @@ pub(crate) fn render(benchmarks: &str, w: Workload) -> String {
     }
     let _ = writeln!(
         md,
-        "| events topic | the largest group above, with spare | at least {partitions} partitions (the chart's default is 6) |"
+        "| events topic | the largest group above, with spare | {} (the chart's default is 6) |",
+        partitions.map_or_else(|| "n/a".to_owned(), |p| format!("at least {p} partitions"))
     );
 
     // What saturates first: the part whose share of its capacity is highest at this mix. The
@@ -443,6 +447,8 @@ mod tests {
     fn a_missing_figure_is_n_a_not_zero() {
         let md = render("| 3 PUT: requests/s | 2000 req/s | — | — | x |", EXAMPLE);
         assert!(md.contains("n/a"), "{md}");
+        // No consumer figure: the partitions needed are unknown, not "at least 0".
+        assert!(!md.contains("at least 0 partitions"), "{md}");
         assert!(!md.contains("inf"), "{md}");
     }
 

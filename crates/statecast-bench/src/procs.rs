@@ -135,7 +135,8 @@ pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
                 .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        // From 0.0, not `sum()`: a float sum of nothing is -0.0, which printed as "-0 of 20000".
+        .fold(0.0, |total, value| total + value)
 }
 
 /// Fetches `/metrics` at `url` and sums metric `name`.
@@ -158,6 +159,7 @@ mod tests {
                     profile_db_loads_total 3\n";
         assert_eq!(metric_sum(text, "consumer_records_total"), 9.0);
         assert_eq!(metric_sum(text, "profile_db_loads_total"), 3.0);
+        assert!(metric_sum(text, "absent_total").is_sign_positive());
     }
 
     #[test]
