@@ -217,14 +217,19 @@ async fn a_killed_tracking_connection_flushes_and_bypasses_the_near_cache_until_
     assert_eq!((entry.map(|e| e.v), tier), (Some(2), Tier::Near));
 }
 
+/// Offers `near` a small profile of a new id.
+fn offer_small(near: &NearCache) {
+    let id = unique_id();
+    let entry = TTLS.fill(Some(profile(&id, 1)), 1, now_ms(), 0.5, 0).entry;
+    near.offer(&id, &entry, near.ticket(&id), now_ms());
+}
+
 #[tokio::test]
 async fn the_near_cache_is_bounded_by_entries_and_by_bytes() {
     // By entries: small profiles, at most 10 of them.
     let near = tracking(config(10, 1 << 20)).await;
     for i in 0..200 {
-        let id = unique_id();
-        let entry = TTLS.fill(Some(profile(&id, 1)), 1, now_ms(), 0.5, 0).entry;
-        near.offer(&id, &entry, near.ticket(&id), now_ms());
+        offer_small(&near);
         assert!(
             near.entry_count() <= 10,
             "{} entries after {i}",
@@ -236,9 +241,7 @@ async fn the_near_cache_is_bounded_by_entries_and_by_bytes() {
     // 50,000 is 335.5): a floor rounded down to 335 let 50,080 small entries fit.
     let near = tracking(config(50_000, 16 << 20)).await;
     for _ in 0..60_000 {
-        let id = unique_id();
-        let entry = TTLS.fill(Some(profile(&id, 1)), 1, now_ms(), 0.5, 0).entry;
-        near.offer(&id, &entry, near.ticket(&id), now_ms());
+        offer_small(&near);
     }
     assert!(
         (45_000..=50_000).contains(&near.entry_count()),
