@@ -15,7 +15,7 @@
 //! both checks cannot be older than a write answered before the read began.
 //!
 //! Plain TCP only: under TLS the bytes in the socket are records the TLS layer has to decrypt,
-//! and the `redis` crate opens those connections itself (see `track::connect`), so a TLS
+//! and the `redis` crate opens those connections itself (see `track::open_connection`), so a TLS
 //! tracking connection has no watch and the read path falls back to its `yield_now`.
 
 use std::future::Future;
@@ -47,6 +47,17 @@ impl Watch {
         };
         empty && !self.busy.load(Ordering::SeqCst)
     }
+
+    /// The connection's driver future, marking itself busy while it is polled.
+    pub(super) fn watched<F>(&self, driver: F) -> Watched
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        Watched {
+            driver: Box::pin(driver),
+            busy: self.busy.clone(),
+        }
+    }
 }
 
 /// Connects to `host:port` and returns the stream for the `redis` crate, its [`Watch`] and the
@@ -63,19 +74,6 @@ pub(super) async fn connect(
         busy: Arc::new(AtomicBool::new(false)),
     };
     Ok((stream, watch))
-}
-
-impl Watch {
-    /// The connection's driver future, marking itself busy while it is polled.
-    pub(super) fn watched<F>(&self, driver: F) -> Watched
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        Watched {
-            driver: Box::pin(driver),
-            busy: self.busy.clone(),
-        }
-    }
 }
 
 /// A connection's driver (which reads the socket, decodes the frames and calls the push
