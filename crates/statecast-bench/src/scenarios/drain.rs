@@ -368,7 +368,8 @@ async fn read_records(brokers: &str, topic: &str, n: usize) -> anyhow::Result<Ve
     }
     consumer.assign(&partitions)?;
     let mut records = Vec::with_capacity(n);
-    let give_up = Instant::now() + Duration::from_secs(120);
+    let started = Instant::now();
+    let give_up = started + Duration::from_secs(120);
     while records.len() < n && Instant::now() < give_up {
         match tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
             Ok(Ok(message)) => {
@@ -390,6 +391,11 @@ async fn read_records(brokers: &str, topic: &str, n: usize) -> anyhow::Result<Ve
             Err(_) => {}
         }
     }
+    eprintln!(
+        "[bench] read back {} of {n} records of {topic} in {:.1} s",
+        records.len(),
+        started.elapsed().as_secs_f64()
+    );
     if records.is_empty() {
         bail!("no record could be read back from {topic}");
     }
