@@ -401,7 +401,7 @@ mod tests {
 | 4 consumer analytics: records/s per replica | 1000 rec/s | 20000 rec/s | 0.05× | bare |\n\
 | 4 consumer email: records/s per replica | 250.0 rec/s | 20000 rec/s | 0.01× | bare |\n\
 | 4 consumer cache-refresh: records/s per replica | 10000 rec/s | 20000 rec/s | 0.5× | bare |\n\
-| 6 RSS API: idle | 16.00 MiB | — | — | none |\n";
+| 6 RSS API: idle | 16.00 MiB | n/a | n/a | none |\n";
 
     #[test]
     fn figures_are_read_from_their_row_and_column() {
@@ -445,7 +445,10 @@ mod tests {
 
     #[test]
     fn a_missing_figure_is_n_a_not_zero() {
-        let md = render("| 3 PUT: requests/s | 2000 req/s | — | — | x |", EXAMPLE);
+        let md = render(
+            "| 3 PUT: requests/s | 2000 req/s | n/a | n/a | x |",
+            EXAMPLE,
+        );
         assert!(md.contains("n/a"), "{md}");
         // No consumer figure: the partitions needed are unknown, not "at least 0".
         assert!(!md.contains("at least 0 partitions"), "{md}");

@@ -61,7 +61,8 @@ fn ratio(x: f64) -> String {
 
 fn number(value: Option<f64>, unit: &str) -> String {
     match value {
-        None => "—".to_owned(),
+        // A column that does not apply (no baseline, no ratio).
+        None => "n/a".to_owned(),
         Some(v) if !v.is_finite() => "—".to_owned(),
         Some(v) => {
             let text = if v >= 1000.0 {
@@ -165,7 +166,7 @@ impl Report {
                     r.scenario.clone(),
                     number(r.ours, &r.unit),
                     number(r.baseline, &r.unit),
-                    r.ratio().map_or("—".to_owned(), ratio),
+                    r.ratio().map_or("n/a".to_owned(), ratio),
                     r.baseline_what.clone(),
                 ]
             })
@@ -282,7 +283,7 @@ mod tests {
         report.row("6 RSS", "MiB", Some(20.0), None, "none");
         let text = report.text_table();
         assert!(text.contains("2.00×"), "{text}");
-        assert!(text.contains("—"), "{text}");
+        assert!(text.contains("n/a"), "{text}");
         let md = report.markdown(&[("cpu".into(), "x".into())], &[], "1 s");
         assert!(md.contains("| 1 GET: requests/s | 200.0 req/s | 100.0 req/s | 2.00× | redis |"));
     }

@@ -183,8 +183,8 @@ impl Bench {
             .map(|r| r.headers.iter().map(|(k, _)| k.as_str()).collect())
             .unwrap_or_default();
         self.report.note(format!(
-            "8: {n} outbox rows ({:.0} bytes of payload on average; headers {}); the relay (one leader, default \
-             RELAY_BATCH_SIZE=200: each batch a transaction that takes its rows FOR UPDATE, sends each user's rows one \
+            "8: {n} outbox rows ({:.0} bytes of payload on average; headers {}); the relay (one leader, \
+             RELAY_BATCH_SIZE={}: each batch a transaction that takes its rows FOR UPDATE, sends each user's rows one \
              after another and different users concurrently, then stamps published_at) left {} records in its topic \
              ({published} rows stamped published) after {:.2} s; the bare producer sent the same records, up to \
              {BARE_IN_FLIGHT} at once, and its topic held {} after {:.2} s. Both producers: {}.",
@@ -194,6 +194,9 @@ impl Bench {
             } else {
                 header_names.join(", ")
             },
+            // The API inherits the bench's environment.
+            std::env::var("RELAY_BATCH_SIZE")
+                .unwrap_or_else(|_| profile_api::config::DEFAULT_RELAY_BATCH_SIZE.to_string()),
             relay.count,
             relay.secs,
             bare.count,
