@@ -15,6 +15,55 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use rdkafka::ClientConfig;
 
+/// The email handler's baseline: `n` mails like the handler's (composed by its own
+/// [`profile_consumer::handlers::email::compose`], to `{user}@{domain}`), sent through its own
+/// SMTP client ([`profile_consumer::handlers::smtp::Mailer`], the same pool bound) to the same
+/// server, as many at once as that bound allows, with no consumer and no database. What it
+/// reaches is what the SMTP server accepts from one replica's client. Returns mails/s.
+pub(crate) async fn bare_mailer(smtp_url: &str, domain: &str, n: usize) -> anyhow::Result<f64> {
+    use futures::StreamExt as _;
+    use profile_consumer::handlers::{email, smtp};
+    use statecast_events::{EventType, ProfileEvent, ProfileSnapshot};
+
+    let settings = email::SmtpSettings::parse(smtp_url)
+        .map_err(|e| anyhow::anyhow!("SMTP_URL {smtp_url}: {e}"))?;
+    let mailer = smtp::Mailer::new(settings, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let from: lettre::message::Mailbox = profile_consumer::config::DEFAULT_MAIL_FROM
+        .parse()
+        .context("MAIL_FROM")?;
+    let now = chrono::Utc::now();
+    let users = (n / 10).max(1);
+    let mut mails = Vec::with_capacity(n);
+    for i in 0..n {
+        let user = format!("bench-mail-{}", i % users);
+        let snapshot = ProfileSnapshot {
+            id: user.clone(),
+            name: Some(format!("Bench {user}")),
+            email: Some(format!("{user}@{domain}")),
+            country: Some("PT".to_owned()),
+            version: i64::try_from(i / users + 1).unwrap_or(i64::MAX),
+            updated_at: Some(now),
+        };
+        let event = ProfileEvent::new(EventType::UserUpdated, snapshot, now);
+        mails.push(
+            email::compose(&from, &format!("{user}@{domain}"), &event)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+    }
+    let started = std::time::Instant::now();
+    let failed = futures::stream::iter(mails.iter())
+        .map(|mail| mailer.send(mail))
+        .buffer_unordered(smtp::MAX_CONNECTIONS)
+        .filter(|sent| std::future::ready(sent.is_err()))
+        .count()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {n} baseline mails were not accepted");
+    }
+    Ok(n as f64 / secs.max(1e-9))
+}
+
 /// `(VARIABLE, value)` pairs as the flags of the same names, after the program name; a variable
 /// given twice keeps its last value (as a child process's environment does).
 pub(crate) fn flags(program: &str, env: &[(&str, String)]) -> Vec<String> {

@@ -1162,14 +1162,35 @@ impl Bench {
             if let Some(rate) = rate {
                 bars.push((handler.to_owned(), rate));
             }
+            // A replica that handled nothing within the cap handled 0 records/s.
+            let rate = Some(rate.unwrap_or(0.0));
             self.report.row(
                 &format!("4 consumer {handler}: records/s per replica"),
                 "rec/s",
-                // A replica that handled nothing within the cap handled 0 records/s.
-                Some(rate.unwrap_or(0.0)),
+                rate,
                 baseline,
                 "bare rdkafka StreamConsumer, same fetch/commit settings, no handler",
             );
+            if handler == "email" {
+                // What bounds email is the SMTP server: its own baseline is a bare sender.
+                self.report.command(
+                    S,
+                    format!(
+                        "# baseline of email: {n} mails composed by the email handler's compose(), sent to {} by its \
+                         SMTP client (profile_consumer::handlers::smtp::Mailer), {} at once, no consumer or database",
+                        self.smtp_url,
+                        profile_consumer::handlers::smtp::MAX_CONNECTIONS
+                    ),
+                );
+                let mails = fair::bare_mailer(&self.smtp_url, MAIL_DOMAIN, n).await?;
+                self.report.row(
+                    "4 consumer email against a bare SMTP sender: mails/s per replica",
+                    "mails/s",
+                    rate,
+                    Some(mails),
+                    "the email handler's SMTP client alone sending as many mails to the same sink, no consumer or database",
+                );
+            }
         }
         if let Some(b) = baseline {
             bars.push(("bare rdkafka".to_owned(), b));
