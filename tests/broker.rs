@@ -3,7 +3,9 @@
 //! producer back after the producer's messages timed out while it was down (librdkafka then
 //! bumps its epoch itself, KIP-360: unpatched tansu 0.6.0 panicked in its storage task and
 //! failed every request afterwards, `scripts/tansu/storage-epoch-bump.patch`). What `make
-//! chaos` scenario 1 needs of the broker, checked at a size that runs in seconds.
+//! chaos` scenario 1 needs of the broker, checked at a size that runs in seconds. And a fetch
+//! waiting for records is answered when they are produced, not at the end of its
+//! `fetch.wait.max.ms` (`scripts/tansu/storage-fetch-wake.patch`).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -151,4 +153,54 @@ async fn an_idempotent_producer_whose_messages_timed_out_produces_after_a_broker
     assert!(!log.contains("panicked"), "the broker panicked:\n{log}");
     let values = records(&brokers, &topic, 2).await;
     assert_eq!(values, ["before", "after"]);
+}
+
+/// A consumer waits for records with fetch.wait.max.ms = 10 s; each record, produced while such
+/// a fetch waits, must reach it long before the wait ends. Unpatched tansu answered a waiting
+/// fetch only when its wait ran out (each record here would take about 9.8 s), and slept out
+/// the wait even after a read that found records; every propagation figure carried it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_fetch_is_answered_when_a_record_is_produced_not_when_its_wait_ends() {
+    const WAIT_MS: u64 = 10_000;
+    let brokers = kit::kafka_brokers();
+    let topic = kit::unique("fetch-wake");
+    kit::create_topic(&brokers, &topic, 1).await.unwrap();
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", kit::unique("fetch-wake"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", WAIT_MS.to_string())
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let p = producer(&brokers, 30_000);
+    // Warm-up: group join, offset look-up, the first fetch.
+    send(&p, &topic, "k", "warm-up").await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await;
+    assert!(
+        matches!(first, Ok(Ok(_))),
+        "the warm-up record never came: {first:?}"
+    );
+
+    let mut latencies = Vec::new();
+    for i in 0..8 {
+        // The consumer's next fetch is waiting by now.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sent = std::time::Instant::now();
+        send(&p, &topic, "k", &format!("r{i}")).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_millis(2 * WAIT_MS), consumer.recv())
+            .await
+            .expect("no record within twice the fetch wait")
+            .unwrap();
+        assert_eq!(got.payload(), Some(format!("r{i}").as_bytes()));
+        latencies.push(sent.elapsed());
+    }
+    // A third of the wait: wide enough for a loaded machine, far below what a fetch answered
+    // by its timeout takes.
+    let bound = Duration::from_millis(WAIT_MS / 3);
+    assert!(
+        latencies.iter().all(|l| *l < bound),
+        "records reached a waiting fetch after {latencies:?} (fetch.wait.max.ms {WAIT_MS}; bound {bound:?})"
+    );
 }
