@@ -15,15 +15,17 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use rdkafka::ClientConfig;
 
-/// The email handler's baseline: `n` mails like the handler's (composed by its own
-/// [`profile_consumer::handlers::email::compose`], to `{user}@{domain}`), sent through its own
+/// The email handler's baseline: a mail for each of `events`, composed by the handler's own
+/// [`profile_consumer::handlers::email::compose`] to the event's address, sent through its own
 /// SMTP client ([`profile_consumer::handlers::smtp::Mailer`], the same pool bound) to the same
 /// server, as many at once as that bound allows, with no consumer and no database. What it
 /// reaches is what the SMTP server accepts from one replica's client. Returns mails/s.
-pub(crate) async fn bare_mailer(smtp_url: &str, domain: &str, n: usize) -> anyhow::Result<f64> {
+pub(crate) async fn bare_mailer(
+    smtp_url: &str,
+    events: &[statecast_events::ProfileEvent],
+) -> anyhow::Result<f64> {
     use futures::StreamExt as _;
     use profile_consumer::handlers::{email, smtp};
-    use statecast_events::{EventType, ProfileEvent, ProfileSnapshot};
 
     let settings = email::SmtpSettings::parse(smtp_url)
         .map_err(|e| anyhow::anyhow!("SMTP_URL {smtp_url}: {e}"))?;
@@ -31,25 +33,13 @@ pub(crate) async fn bare_mailer(smtp_url: &str, domain: &str, n: usize) -> anyho
     let from: lettre::message::Mailbox = profile_consumer::config::DEFAULT_MAIL_FROM
         .parse()
         .context("MAIL_FROM")?;
-    let now = chrono::Utc::now();
-    let users = (n / 10).max(1);
-    let mut mails = Vec::with_capacity(n);
-    for i in 0..n {
-        let user = format!("bench-mail-{}", i % users);
-        let snapshot = ProfileSnapshot {
-            id: user.clone(),
-            name: Some(format!("Bench {user}")),
-            email: Some(format!("{user}@{domain}")),
-            country: Some("PT".to_owned()),
-            version: i64::try_from(i / users + 1).unwrap_or(i64::MAX),
-            updated_at: Some(now),
-        };
-        let event = ProfileEvent::new(EventType::UserUpdated, snapshot, now);
-        mails.push(
-            email::compose(&from, &format!("{user}@{domain}"), &event)
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        );
-    }
+    let mails = events
+        .iter()
+        .map(|event| {
+            let to = event.data.email.as_deref().unwrap_or_default();
+            email::compose(&from, to, event).map_err(|e| anyhow::anyhow!("{e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let started = std::time::Instant::now();
     let failed = futures::stream::iter(mails.iter())
         .map(|mail| mailer.send(mail))
@@ -59,9 +49,12 @@ pub(crate) async fn bare_mailer(smtp_url: &str, domain: &str, n: usize) -> anyho
         .await;
     let secs = started.elapsed().as_secs_f64();
     if failed > 0 {
-        anyhow::bail!("{failed} of {n} baseline mails were not accepted");
+        anyhow::bail!(
+            "{failed} of {} baseline mails were not accepted",
+            mails.len()
+        );
     }
-    Ok(n as f64 / secs.max(1e-9))
+    Ok(mails.len() as f64 / secs.max(1e-9))
 }
 
 /// `(VARIABLE, value)` pairs as the flags of the same names, after the program name; a variable
@@ -106,10 +99,14 @@ pub(crate) fn bare_consumer_config(brokers: &str, group: &str) -> ClientConfig {
 /// producer's, whole (idempotence, acks, in-flight requests, linger, batching, compression,
 /// timeouts).
 pub(crate) fn relay_producer_config(env: &[(&str, String)]) -> anyhow::Result<ClientConfig> {
-    let config = profile_api::Config::try_parse_from(flags("profile-api", env))
-        .context("the API's settings")?;
+    let config = api_config(env)?;
     let security = statecast_kafka::KafkaSecurity::from_args(&config.kafka)?;
     Ok(profile_api::relay::producer_config(&config, &security))
+}
+
+/// The settings a `profile-api` started with `env` runs with.
+pub(crate) fn api_config(env: &[(&str, String)]) -> anyhow::Result<profile_api::Config> {
+    profile_api::Config::try_parse_from(flags("profile-api", env)).context("the API's settings")
 }
 
 /// Whether a librdkafka property decides how a consumer fetches or commits.

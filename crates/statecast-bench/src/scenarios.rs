@@ -48,6 +48,28 @@ const REDIS_DB_CONSUMERS: u8 = 14;
 const REDIS_DB_COHERENCE_BROKEN: u8 = 15;
 /// Mail domain of every profile the benchmark writes (its mails are removed afterwards).
 const MAIL_DOMAIN: &str = "bench.example.com";
+
+/// Event `i` of a benchmark stream over `users` users (`{prefix}{i % users}`, each at versions
+/// 1, 2, …: UserCreated, then UserUpdated), addressed to [`MAIL_DOMAIN`]: what scenarios 4 and 8
+/// produce and the email baseline mails.
+fn bench_event(prefix: &str, i: usize, users: usize, now: DateTime<Utc>) -> ProfileEvent {
+    let user = format!("{prefix}{}", i % users);
+    let version = i64::try_from(i / users + 1).unwrap_or(i64::MAX);
+    let kind = if version == 1 {
+        EventType::UserCreated
+    } else {
+        EventType::UserUpdated
+    };
+    let snapshot = ProfileSnapshot {
+        id: user.clone(),
+        name: Some(format!("Bench {user}")),
+        email: Some(format!("{user}@{MAIL_DOMAIN}")),
+        country: Some("PT".to_owned()),
+        version,
+        updated_at: Some(now),
+    };
+    ProfileEvent::new(kind, snapshot, now)
+}
 /// The four consumer handlers.
 const HANDLERS: [&str; 4] = ["audit", "analytics", "email", "cache-refresh"];
 
@@ -1182,7 +1204,12 @@ impl Bench {
                         profile_consumer::handlers::smtp::MAX_CONNECTIONS
                     ),
                 );
-                let mails = fair::bare_mailer(&self.smtp_url, MAIL_DOMAIN, n).await?;
+                let now = Utc::now();
+                let users = (n / 10).max(1);
+                let events: Vec<ProfileEvent> = (0..n)
+                    .map(|i| bench_event("bench-mail-", i, users, now))
+                    .collect();
+                let mails = fair::bare_mailer(&self.smtp_url, &events).await?;
                 self.report.row(
                     "4 consumer email against a bare SMTP sender: mails/s per replica",
                     "mails/s",
@@ -1223,22 +1250,8 @@ impl Bench {
                 let producer = producer.clone();
                 let topic = topic.to_owned();
                 async move {
-                    let user = format!("bench4-{}", i % users);
-                    let version = i64::try_from(i / users + 1).unwrap_or(i64::MAX);
-                    let snapshot = ProfileSnapshot {
-                        id: user.clone(),
-                        name: Some(format!("Bench {user}")),
-                        email: Some(format!("{user}@{MAIL_DOMAIN}")),
-                        country: Some("PT".to_owned()),
-                        version,
-                        updated_at: Some(now),
-                    };
-                    let kind = if version == 1 {
-                        EventType::UserCreated
-                    } else {
-                        EventType::UserUpdated
-                    };
-                    let event = ProfileEvent::new(kind, snapshot, now);
+                    let event = bench_event("bench4-", i, users, now);
+                    let user = event.data.id.clone();
                     let payload = event.to_json();
                     let headers = OwnedHeaders::new().insert(Header {
                         key: statecast_events::headers::CONTENT_TYPE,

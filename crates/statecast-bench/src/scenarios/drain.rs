@@ -21,10 +21,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::Connection as _;
-use statecast_events::{EventType, ProfileEvent, ProfileSnapshot};
 use statecast_testkit as testkit;
 
-use super::{Bench, MAIL_DOMAIN, REDIS_DB_API};
+use super::{Bench, REDIS_DB_API, bench_event};
 use crate::fair;
 
 /// Partitions of both topics (as the other scenarios' topics).
@@ -89,22 +88,8 @@ impl Bench {
             let mut kinds = Vec::new();
             let mut payloads = Vec::new();
             for i in start..(start + INSERT_CHUNK).min(n) {
-                let user = format!("bench8-{}", i % users);
-                let version = i64::try_from(i / users + 1).unwrap_or(i64::MAX);
-                let kind = if version == 1 {
-                    EventType::UserCreated
-                } else {
-                    EventType::UserUpdated
-                };
-                let snapshot = ProfileSnapshot {
-                    id: user.clone(),
-                    name: Some(format!("Bench {user}")),
-                    email: Some(format!("{user}@{MAIL_DOMAIN}")),
-                    country: Some("PT".to_owned()),
-                    version,
-                    updated_at: Some(now),
-                };
-                let event = ProfileEvent::new(kind, snapshot, now);
+                let event = bench_event("bench8-", i, users, now);
+                let (user, kind) = (event.data.id.clone(), event.event_type);
                 let json = String::from_utf8(event.to_json()).context("event JSON")?;
                 payload_bytes += json.len();
                 ids.push(event.id);
@@ -194,9 +179,7 @@ impl Bench {
             } else {
                 header_names.join(", ")
             },
-            // The API inherits the bench's environment.
-            std::env::var("RELAY_BATCH_SIZE")
-                .unwrap_or_else(|_| profile_api::config::DEFAULT_RELAY_BATCH_SIZE.to_string()),
+            fair::api_config(&api.env)?.relay_batch_size,
             relay.count,
             relay.secs,
             bare.count,
