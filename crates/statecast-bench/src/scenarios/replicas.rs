@@ -5,8 +5,14 @@
 //! replicas' throughputs add up, and each percentile reported is the worse of the two replicas'
 //! (wrk gives percentiles, not samples, so the two distributions cannot be merged exactly).
 
+use std::time::Duration;
+
 use super::{Api, Bench, REDIS_DB_API};
+use crate::procs::scrape;
 use crate::tools::{at, read_wrk_json};
+
+/// The gauge that is 1 while a replica's near cache tracks invalidations (it is bypassed until).
+const TRACKING: &str = "profile_near_cache_tracking";
 
 impl Bench {
     /// Scenario 9: cache-hit GET across two replicas (`a` is the warmed replica of scenario 1).
@@ -14,6 +20,19 @@ impl Bench {
         const S: &str = "9 cache-hit GET, two replicas";
         eprintln!("[bench] scenario 9: cache-hit GET across two replicas");
         let b = self.start_api("api-b", REDIS_DB_API, &[]).await?;
+        // B answers once it listens, but its near cache is bypassed until its tracking connection
+        // is up: wait for that (when A, configured the same, tracks), so the run measures two
+        // ready replicas and not B's start.
+        let started = std::time::Instant::now();
+        if self.tracking(a).await? {
+            while !self.tracking(&b).await? {
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "replica B's near cache did not track within 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         let half = (self.args.concurrency / 2).max(1);
         let json_a = self.run_dir.join("wrk-get-hit-a.json");
         let json_b = self.run_dir.join("wrk-get-hit-b.json");
@@ -63,7 +82,7 @@ impl Bench {
             what,
         );
         self.report.note(format!(
-            "9: two API replicas on one Redis (the cache scenario 1 warmed), one wrk each ({half} connections, 1 thread) \
+            "9: two API replicas on one Redis (the cache scenario 1 warmed; B's near cache tracking before the run starts), one wrk each ({half} connections, 1 thread) \
              at the same time: replica A {:.0} req/s, replica B {:.0} req/s; wrk counted {} errors/non-2xx. On this \
              machine the two replicas, both wrk and Redis share the same cores, so a second replica adds no CPU.",
             wrk_a.rps(),
@@ -80,5 +99,11 @@ impl Bench {
             ],
         );
         Ok(())
+    }
+
+    /// Whether `api`'s near cache tracks invalidations now.
+    async fn tracking(&self, api: &Api) -> anyhow::Result<bool> {
+        let metrics = format!("{}/metrics", api.base);
+        Ok(scrape(&self.http, &metrics, TRACKING).await? >= 1.0)
     }
 }
