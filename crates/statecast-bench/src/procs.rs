@@ -111,18 +111,37 @@ pub(crate) async fn wait_ready(
     url: &str,
     limit: Duration,
 ) -> anyhow::Result<()> {
+    wait_until(proc, &format!("answer {url}"), limit, || async {
+        http.get(url)
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success())
+    })
+    .await
+}
+
+/// Polls `probe` every 50 ms until it holds, failing once `limit` has passed (saying `proc`
+/// did not `what`) or as soon as `proc` has exited.
+pub(crate) async fn wait_until<F, Fut>(
+    proc: &mut Proc,
+    what: &str,
+    limit: Duration,
+    mut probe: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         proc.check_alive()?;
-        if let Ok(response) = http.get(url).send().await
-            && response.status().is_success()
-        {
+        if probe().await {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("{} did not answer {url} within {limit:?}", proc.name);
+            bail!("{} did not {what} within {limit:?}", proc.name);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -24,7 +24,7 @@ use sqlx::Connection as _;
 use statecast_events::{EventType, ProfileEvent, ProfileSnapshot};
 use statecast_testkit as testkit;
 
-use crate::procs::{Proc, free_port, scrape, wait_ready};
+use crate::procs::{Proc, free_port, scrape, wait_ready, wait_until};
 use crate::report::Report;
 use crate::tools::{
     CommandLine, Percentiles, WrkSummary, at, parse_pgbench_tps, parse_redis_csv, percentiles_of,
@@ -46,6 +46,9 @@ const REDIS_DB_MISS: u8 = 13;
 const REDIS_DB_CONSUMERS: u8 = 14;
 /// Redis database of scenario 10's deliberately broken replica (A's writes never touch it).
 const REDIS_DB_COHERENCE_BROKEN: u8 = 15;
+/// The gauge that is 1 while an API replica's near cache tracks invalidations (it is bypassed
+/// until then).
+const NEAR_TRACKING: &str = "profile_near_cache_tracking";
 /// Mail domain of every profile the benchmark writes (its mails are removed afterwards).
 const MAIL_DOMAIN: &str = "bench.example.com";
 
@@ -353,6 +356,26 @@ impl Bench {
             Duration::from_secs(60),
         )
         .await?;
+        // It answers once it listens, but its near cache is bypassed until its tracking
+        // connection is up: a replica is measured once that is (unless the near cache is off).
+        let near_off = env
+            .iter()
+            .any(|(key, value)| *key == "NEAR_CACHE_ENABLED" && value == "false");
+        if !near_off {
+            let metrics = format!("{base}/metrics");
+            let http = &self.http;
+            wait_until(
+                &mut proc,
+                "track invalidations (profile_near_cache_tracking 1)",
+                Duration::from_secs(30),
+                || async {
+                    scrape(http, &metrics, NEAR_TRACKING)
+                        .await
+                        .is_ok_and(|tracking| tracking >= 1.0)
+                },
+            )
+            .await?;
+        }
         Ok(Api { proc, base, env })
     }
 
@@ -1800,6 +1823,14 @@ async fn machine_facts() -> Vec<(String, String)> {
         ("memory".to_owned(), memory),
         ("tools".to_owned(), tools.join("; ")),
         (
+            "kernel session autogroups".to_owned(),
+            autogroups(
+                std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
+                    .ok()
+                    .as_deref(),
+            ),
+        ),
+        (
             "build".to_owned(),
             "release (`cargo build --release`), services on loopback next to the load tools"
                 .to_owned(),
@@ -1807,10 +1838,34 @@ async fn machine_facts() -> Vec<(String, String)> {
     ]
 }
 
+/// The report's line on the kernel's session autogroups, from
+/// `/proc/sys/kernel/sched_autogroup_enabled`: on, they let an idle Redis or PostgreSQL (each in
+/// its own session) wait up to about a second for a CPU while the bench's session saturates the
+/// cores, which is the machine's doing and not the code's (`scripts/bench` turns them off).
+fn autogroups(setting: Option<&str>) -> String {
+    match setting.map(str::trim) {
+        Some("0") => "off (kernel.sched_autogroup_enabled=0) during the run".to_owned(),
+        Some("1") => "**on** (kernel.sched_autogroup_enabled=1): Redis and PostgreSQL, each in its own session, \
+                      can wait up to about a second for a CPU while the load saturates the cores, so latency tails \
+                      include the kernel's scheduling (see README, \"Reliability and benchmarks\")"
+            .to_owned(),
+        Some(other) => format!("kernel.sched_autogroup_enabled={other}"),
+        None => "not a setting of this kernel".to_owned(),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_report_says_whether_session_autogroups_were_on() {
+        assert!(autogroups(Some("0\n")).starts_with("off"));
+        assert!(autogroups(Some("1\n")).starts_with("**on**"));
+        assert_eq!(autogroups(Some("2")), "kernel.sched_autogroup_enabled=2");
+        assert_eq!(autogroups(None), "not a setting of this kernel");
+    }
 
     #[test]
     fn recognises_refreshed_cache_entries_but_not_markers() {

@@ -5,34 +5,16 @@
 //! replicas' throughputs add up, and each percentile reported is the worse of the two replicas'
 //! (wrk gives percentiles, not samples, so the two distributions cannot be merged exactly).
 
-use std::time::Duration;
-
 use super::{Api, Bench, REDIS_DB_API};
-use crate::procs::scrape;
 use crate::tools::{at, read_wrk_json};
-
-/// The gauge that is 1 while a replica's near cache tracks invalidations (it is bypassed until).
-const TRACKING: &str = "profile_near_cache_tracking";
 
 impl Bench {
     /// Scenario 9: cache-hit GET across two replicas (`a` is the warmed replica of scenario 1).
     pub(super) async fn scenario9(&mut self, a: &Api) -> anyhow::Result<()> {
         const S: &str = "9 cache-hit GET, two replicas";
         eprintln!("[bench] scenario 9: cache-hit GET across two replicas");
+        // Started like every replica: measured once its near cache tracks (see `start_api`).
         let b = self.start_api("api-b", REDIS_DB_API, &[]).await?;
-        // B answers once it listens, but its near cache is bypassed until its tracking connection
-        // is up: wait for that (when A, configured the same, tracks), so the run measures two
-        // ready replicas and not B's start.
-        let started = std::time::Instant::now();
-        if self.tracking(a).await? {
-            while !self.tracking(&b).await? {
-                anyhow::ensure!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "replica B's near cache did not track within 30 s"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
         let half = (self.args.concurrency / 2).max(1);
         let json_a = self.run_dir.join("wrk-get-hit-a.json");
         let json_b = self.run_dir.join("wrk-get-hit-b.json");
@@ -99,11 +81,5 @@ impl Bench {
             ],
         );
         Ok(())
-    }
-
-    /// Whether `api`'s near cache tracks invalidations now.
-    async fn tracking(&self, api: &Api) -> anyhow::Result<bool> {
-        let metrics = format!("{}/metrics", api.base);
-        Ok(scrape(&self.http, &metrics, TRACKING).await? >= 1.0)
     }
 }
