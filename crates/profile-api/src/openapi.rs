@@ -425,6 +425,10 @@ fn operation(op: Op, settings: &AuthSettings) -> Value {
         "name": "id", "in": "path", "required": true,
         "description": "User id", "schema": schema_ref("ProfileId"),
     });
+    const IF_MATCH: &str =
+        "The version(s) the change is based on (strong comparison: a weak tag never matches)";
+    const IF_MATCH_DELETE: &str =
+        "The version(s) the delete is based on (strong comparison: a weak tag never matches)";
     let condition = |name: &str, description: &str| {
         json!({"name": name, "in": "header", "required": false,
                "description": description, "schema": schema_ref("EtagCondition")})
@@ -440,7 +444,7 @@ fn operation(op: Op, settings: &AuthSettings) -> Value {
                     id_param,
                     condition(
                         "If-None-Match",
-                        "ETag(s) the client holds: 304 when one is current",
+                        "ETag(s) the client holds: 304 when one is current (weak comparison: `W/\"3\"` names version 3 too)",
                     ),
                 ],
                 json!({
@@ -458,10 +462,7 @@ fn operation(op: Op, settings: &AuthSettings) -> Value {
             );
             (
                 "Create or replace a profile",
-                vec![
-                    id_param,
-                    condition("If-Match", "The version(s) the change is based on"),
-                ],
+                vec![id_param, condition("If-Match", IF_MATCH)],
                 json!({
                     "200": profile_body("Replaced", Map::new()),
                     "201": profile_body("Created", location),
@@ -470,18 +471,12 @@ fn operation(op: Op, settings: &AuthSettings) -> Value {
         }
         Op::Patch => (
             "Change some fields with a JSON merge patch (RFC 7396)",
-            vec![
-                id_param,
-                condition("If-Match", "The version(s) the change is based on"),
-            ],
+            vec![id_param, condition("If-Match", IF_MATCH)],
             json!({"200": profile_body("Patched", Map::new())}),
         ),
         Op::Delete => (
             "Delete a profile (its version keeps counting if it is created again)",
-            vec![
-                id_param,
-                condition("If-Match", "The version(s) the delete is based on"),
-            ],
+            vec![id_param, condition("If-Match", IF_MATCH_DELETE)],
             json!({"204": {"description": "Deleted"}}),
         ),
     };

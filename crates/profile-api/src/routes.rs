@@ -197,7 +197,7 @@ pub(crate) async fn get_profile(
         return Err(ApiError::NotFound(id));
     };
     let cache = read.result.as_str();
-    if if_none_match.is_some_and(|c| c.matches(Some(profile.version))) {
+    if if_none_match.is_some_and(|c| c.matches_weak(Some(profile.version))) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         response
             .headers_mut()

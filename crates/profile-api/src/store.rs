@@ -199,7 +199,7 @@ pub(crate) async fn prepare(
     let current = row.live();
     let current_version = current.profile.as_ref().map(|p| p.version);
     if let Some(condition) = if_match
-        && !condition.matches(current_version)
+        && !condition.matches_strong(current_version)
     {
         return Err(StoreError::PreconditionFailed(match current_version {
             Some(v) => format!("If-Match does not match the current version {v}"),

@@ -270,8 +270,18 @@ pub(crate) fn apply_merge_patch(current: &Value, patch: &Value) -> Result<Profil
 pub(crate) enum EtagCondition {
     /// `*`: any current representation.
     Any,
-    /// A list of versions (entity tags that are not `"<digits>"` never match and are dropped).
-    Versions(Vec<i64>),
+    /// A list of entity tags naming versions (tags that are not `"<digits>"` never match and are
+    /// dropped).
+    Versions(Vec<Tag>),
+}
+
+/// One entity tag of a condition that names a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tag {
+    /// The version its opaque part names.
+    pub(crate) version: i64,
+    /// `W/"…"`: a weak validator, which only the weak comparison accepts.
+    pub(crate) weak: bool,
 }
 
 impl EtagCondition {
@@ -284,19 +294,38 @@ impl EtagCondition {
         if header.trim_matches([' ', '\t']) == "*" {
             return Some(Self::Any);
         }
-        let versions = ETAG_TAG_RE
+        let tags = ETAG_TAG_RE
             .captures_iter(header)
-            .filter_map(|tag| version_of(tag.get(2)?.as_str()))
+            .filter_map(|tag| {
+                Some(Tag {
+                    version: version_of(tag.get(2)?.as_str())?,
+                    weak: tag.get(1).is_some(),
+                })
+            })
             .collect();
-        Some(Self::Versions(versions))
+        Some(Self::Versions(tags))
     }
 
-    /// Whether a profile at `version` (None: absent) matches.
-    pub(crate) fn matches(&self, version: Option<i64>) -> bool {
+    /// `If-Match`: whether a profile at `version` (None: absent) matches under the strong
+    /// comparison (RFC 9110, section 13.1.1): a weak tag never matches, since a write must be
+    /// based on exactly the representation it names.
+    pub(crate) fn matches_strong(&self, version: Option<i64>) -> bool {
+        self.matches(version, false)
+    }
+
+    /// `If-None-Match`: whether a profile at `version` (None: absent) matches under the weak
+    /// comparison (RFC 9110, section 13.1.2): `W/"3"` and `"3"` both name version 3.
+    pub(crate) fn matches_weak(&self, version: Option<i64>) -> bool {
+        self.matches(version, true)
+    }
+
+    fn matches(&self, version: Option<i64>, weak_allowed: bool) -> bool {
         match (self, version) {
             (_, None) => false,
             (Self::Any, Some(_)) => true,
-            (Self::Versions(list), Some(v)) => list.contains(&v),
+            (Self::Versions(tags), Some(v)) => tags
+                .iter()
+                .any(|tag| tag.version == v && (weak_allowed || !tag.weak)),
         }
     }
 }
@@ -413,24 +442,55 @@ mod tests {
     #[test]
     fn etag_headers_parse_strong_weak_lists_and_star() {
         let parse = |h: &str| EtagCondition::parse(h).unwrap();
-        assert_eq!(parse("\"3\""), EtagCondition::Versions(vec![3]));
+        let strong = |version| Tag {
+            version,
+            weak: false,
+        };
+        let versions =
+            |tags: &[i64]| EtagCondition::Versions(tags.iter().map(|&v| strong(v)).collect());
+        assert_eq!(parse("\"3\""), versions(&[3]));
         assert_eq!(
             parse("W/\"1\", \"2\" ,\"x\""),
-            EtagCondition::Versions(vec![1, 2])
+            EtagCondition::Versions(vec![
+                Tag {
+                    version: 1,
+                    weak: true
+                },
+                strong(2)
+            ])
         );
         assert_eq!(parse(" * "), EtagCondition::Any);
-        assert_eq!(parse("\"\""), EtagCondition::Versions(vec![]));
+        assert_eq!(parse("\"\""), versions(&[]));
         // Empty list elements are allowed (RFC 9110, section 5.6.1), an empty list matches nothing.
-        assert_eq!(parse(""), EtagCondition::Versions(vec![]));
-        assert_eq!(parse(" , "), EtagCondition::Versions(vec![]));
-        assert_eq!(parse(",\"3\",,\"4\","), EtagCondition::Versions(vec![3, 4]));
-        assert!(!parse("").matches(Some(1)));
-        assert!(parse("\"3\"").matches(Some(3)));
-        assert!(!parse("\"3\"").matches(Some(4)));
-        assert!(!parse("*").matches(None));
-        // Another tag than "1", whatever number it spells.
-        assert!(!parse("\"01\"").matches(Some(1)));
-        assert!(!parse("\"+1\"").matches(Some(1)));
+        assert_eq!(parse(""), versions(&[]));
+        assert_eq!(parse(" , "), versions(&[]));
+        assert_eq!(parse(",\"3\",,\"4\","), versions(&[3, 4]));
+        for (header, version, strong_match, weak_match) in [
+            ("", Some(1), false, false),
+            ("\"3\"", Some(3), true, true),
+            ("\"3\"", Some(4), false, false),
+            ("*", None, false, false),
+            ("*", Some(2), true, true),
+            // A weak tag: the same version for If-None-Match, never for If-Match.
+            ("W/\"3\"", Some(3), false, true),
+            ("W/\"3\", \"3\"", Some(3), true, true),
+            ("W/\"3\"", None, false, false),
+            // Another tag than "1", whatever number it spells.
+            ("\"01\"", Some(1), false, false),
+            ("\"+1\"", Some(1), false, false),
+        ] {
+            let condition = parse(header);
+            assert_eq!(
+                condition.matches_strong(version),
+                strong_match,
+                "{header:?} strong"
+            );
+            assert_eq!(
+                condition.matches_weak(version),
+                weak_match,
+                "{header:?} weak"
+            );
+        }
         assert_eq!(etag(7), "\"7\"");
     }
 

@@ -531,6 +531,27 @@ async fn malformed_conditional_headers_are_400_and_an_empty_list_matches_nothing
         .await
         .unwrap();
     assert_eq!(other_tag.status(), StatusCode::OK);
+    // If-Match compares strongly (RFC 9110, 13.1.1): the current version's weak tag does not
+    // match and nothing is written; If-None-Match compares weakly, so the same tag is a 304.
+    let weak_write = t
+        .http
+        .put(&url)
+        .header("if-match", "W/\"2\"")
+        .json(&body("C"))
+        .send()
+        .await
+        .unwrap();
+    problem(weak_write, StatusCode::PRECONDITION_FAILED).await;
+    let weak_read = t
+        .http
+        .get(&url)
+        .header("if-none-match", "W/\"2\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(weak_read.status(), StatusCode::NOT_MODIFIED);
+    let current = t.http.get(&url).send().await.unwrap();
+    assert_eq!(current.headers()["etag"], "\"2\"");
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! Fixtures the crate's unit tests share (the near cache's and the compare-and-set rules').
+//! Fixtures the crate's tests share (the near cache's and the compare-and-set rules', and the
+//! Redis Cluster tests under `tests/`, through the `fixtures` feature).
 
 use std::time::Duration;
 
@@ -6,7 +7,7 @@ use crate::Ttls;
 use crate::entry::Profile;
 
 /// Lifetimes long enough that nothing expires during a test.
-pub(crate) const TTLS: Ttls = Ttls {
+pub const TTLS: Ttls = Ttls {
     ttl: Duration::from_secs(3600),
     grace: Duration::from_secs(60),
     negative: Duration::from_secs(30),
@@ -15,7 +16,7 @@ pub(crate) const TTLS: Ttls = Ttls {
 };
 
 /// Profile `id` at `version`, its name telling the version.
-pub(crate) fn profile(id: &str, version: i64) -> Profile {
+pub fn profile(id: &str, version: i64) -> Profile {
     Profile {
         id: id.to_owned(),
         name: format!("v{version}"),

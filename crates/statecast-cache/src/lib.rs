@@ -25,8 +25,9 @@
 
 mod conn;
 pub mod entry;
-#[cfg(test)]
-mod fixtures;
+#[cfg(any(test, feature = "fixtures"))]
+#[doc(hidden)]
+pub mod fixtures;
 pub mod near;
 mod remote;
 pub mod script;

@@ -8,18 +8,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use statecast_cache::{
-    Cache, Kind, NearCache, NearConfig, Profile, Target, Tier, Ttls, Written, key, now_ms,
-};
+use statecast_cache::fixtures::{TTLS, profile};
+use statecast_cache::{Cache, Kind, NearCache, NearConfig, Target, Tier, Written, key, now_ms};
 use statecast_testkit::{PrivateCluster, redis_cluster_url};
-
-const TTLS: Ttls = Ttls {
-    ttl: Duration::from_secs(3600),
-    grace: Duration::from_secs(60),
-    negative: Duration::from_secs(30),
-    lock: Duration::from_secs(2),
-    marker: Duration::from_secs(30),
-};
 
 /// The cluster of `url` (its nodes, comma-separated).
 fn target(url: &str) -> Target {
@@ -36,17 +27,6 @@ fn stack_cluster() -> Target {
 
 fn cache(target: &Target) -> Cache {
     Cache::lazy(target.clone(), Duration::from_secs(2), TTLS).unwrap()
-}
-
-fn profile(id: &str, version: i64) -> Profile {
-    Profile {
-        id: id.to_owned(),
-        name: format!("v{version}"),
-        email: "someone@example.com".to_owned(),
-        country: "PT".to_owned(),
-        version,
-        updated_at: chrono::Utc::now(),
-    }
 }
 
 fn unique_id() -> String {
