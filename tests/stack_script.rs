@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -36,39 +36,23 @@ struct PrivateStack {
     ports: HashMap<&'static str, u16>,
 }
 
-/// Six consecutive free ports for the cluster's nodes and six for their bus, held until
-/// dropped.
-fn cluster_ports() -> (u16, u16, Vec<TcpListener>) {
-    for _ in 0..200 {
-        let base = 20_000 + rand::random::<u16>() % 20_000;
-        let bus = base + 10_000;
-        let held: Result<Vec<TcpListener>, _> = (0..CLUSTER_NODES)
-            .flat_map(|i| [base + i, bus + i])
-            .map(|port| TcpListener::bind(("127.0.0.1", port)))
-            .collect();
-        if let Ok(held) = held {
-            return (base, bus, held);
-        }
-    }
-    panic!("no 6 consecutive free ports (and 6 for the bus) in 20000..50000")
-}
-
 impl PrivateStack {
     fn new() -> Self {
         let dir = std::env::temp_dir().join(format!("statecast-stack-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
-        // Bound together so no two services draw the same port; released before the script runs.
-        let listeners: Vec<(&'static str, TcpListener)> = SERVICES
+        // A port for each service and two runs of six for the cluster's nodes and their bus,
+        // all distinct and outside the ephemeral range: the script binds them later, and a port
+        // a client's connection can draw in between once kept a cluster node from starting.
+        let mut lengths = vec![1; SERVICES.len()];
+        lengths.extend([CLUSTER_NODES as usize; 2]);
+        let starts = statecast_testkit::free_port_runs(&lengths).unwrap();
+        let mut ports: HashMap<&'static str, u16> = SERVICES
             .iter()
-            .map(|name| (*name, TcpListener::bind("127.0.0.1:0").unwrap()))
+            .copied()
+            .zip(starts.iter().copied())
             .collect();
-        let mut ports: HashMap<&'static str, u16> = listeners
-            .iter()
-            .map(|(name, l)| (*name, l.local_addr().unwrap().port()))
-            .collect();
-        let (base, bus, _held) = cluster_ports();
-        ports.insert("REDIS_CLUSTER_PORT", base);
-        ports.insert("REDIS_CLUSTER_BUS_PORT", bus);
+        ports.insert("REDIS_CLUSTER_PORT", starts[SERVICES.len()]);
+        ports.insert("REDIS_CLUSTER_BUS_PORT", starts[SERVICES.len() + 1]);
         Self { dir, ports }
     }
 

@@ -187,10 +187,10 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A free loopback port (bound and released; good enough for tests on one machine).
+/// A free loopback port outside the ephemeral range, for a server this test starts (see
+/// `statecast_testkit::ports`).
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    statecast_testkit::free_port()
 }
 
 /// A binary running as a child process, logging to a file; killed when dropped.

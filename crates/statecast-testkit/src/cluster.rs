@@ -68,15 +68,9 @@ impl PrivateCluster {
     /// Starts the six nodes, creates the cluster and waits until every node says
     /// `cluster_state:ok`.
     pub async fn start() -> anyhow::Result<Self> {
-        // Bound together so no two draw the same port; released before the servers start.
-        let probes = (0..12)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let ports = probes
-            .iter()
-            .map(|p| p.local_addr().map(|a| a.port()))
-            .collect::<Result<Vec<_>, _>>()?;
-        drop(probes);
+        // Outside the ephemeral range, so no client's connection can take one before the node
+        // binds it (or while a killed node is down).
+        let ports = crate::free_ports(12)?;
         let nodes: Vec<(u16, u16)> = (0..6).map(|i| (ports[i], ports[i + 6])).collect();
         let dir = std::env::temp_dir().join(unique("statecast-cluster"));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;

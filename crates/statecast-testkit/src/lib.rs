@@ -24,12 +24,14 @@
 mod cel_rules;
 pub mod cluster;
 pub mod pg_proxy;
+pub mod ports;
 pub mod secured;
 pub mod tls;
 
 pub use cel_rules::cel_violations;
 pub use cluster::{PrivateCluster, redis_cluster_url};
 pub use pg_proxy::PgProxy;
+pub use ports::{free_port, free_port_runs, free_ports};
 pub use secured::SecuredBroker;
 
 use std::net::SocketAddr;
@@ -223,10 +225,8 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Starts a broker on a free port and waits until it accepts connections.
     pub async fn start() -> anyhow::Result<Self> {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-            probe.local_addr()?.port()
-        };
+        // Outside the ephemeral range: `restart` binds it again after the broker was down.
+        let port = free_port()?;
         let dir = std::env::temp_dir().join(unique("statecast-broker"));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("create broker directory {}", dir.display()))?;

@@ -80,9 +80,10 @@ impl SecuredBroker {
         let dir = std::env::temp_dir().join(unique("statecast-secured-broker"));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("create broker directory {}", dir.display()))?;
-        let broker_port = free_port()?;
+        let ports = crate::free_ports(2)?;
+        let broker_port = ports[0];
         let client_port = if security.tls() {
-            free_port()?
+            ports[1]
         } else {
             broker_port
         };
@@ -258,11 +259,6 @@ impl Drop for SecuredBroker {
         self.proxy.take();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(probe.local_addr()?.port())
 }
 
 fn wait_for_port(port: u16) -> anyhow::Result<()> {

@@ -26,10 +26,10 @@ pub(crate) async fn topic(prefix: &str, partitions: i32) -> String {
     name
 }
 
-/// A free loopback address for a consumer's HTTP endpoints.
+/// A free loopback address for a consumer's HTTP endpoints (outside the ephemeral range: the
+/// consumer binds it later).
 pub(crate) fn free_addr() -> SocketAddr {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], statecast_testkit::free_port().unwrap()))
 }
 
 /// A consumer configuration with fast group timings, for `topic` and a unique group.
